@@ -1,0 +1,19 @@
+"""Closed-form solvers: the ridge sufficient statistics every pilearn model is fitted through.
+
+Pure tensor math: no modules, no scikit-learn, no files, no printing.
+"""
+
+from ._gram import gram_update_, symmetrize
+from ._linalg import MAX_CONDITION, IllConditionedWarning, spd_solve
+from ._ridge import RidgePath, RidgeSolution, RidgeStats
+
+__all__ = [
+    "RidgeStats",
+    "RidgeSolution",
+    "RidgePath",
+    "IllConditionedWarning",
+    "spd_solve",
+    "gram_update_",
+    "symmetrize",
+    "MAX_CONDITION",
+]

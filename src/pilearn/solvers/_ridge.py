@@ -1,0 +1,514 @@
+"""Sufficient statistics of a ridge regression, and its closed-form solutions.
+
+Every closed-form fit in pilearn reduces to one accumulator: stream (H, Y) batches through
+:meth:`RidgeStats.update`, combine accumulators (``+``, ``-``, :meth:`RidgeStats.all_reduce`), then
+:meth:`RidgeStats.solve` the ridge problem
+
+    min_{W, b}  Σᵢ wᵢ ‖yᵢ − hᵢW − b‖² + λ‖W‖²_F ,
+
+whose solution is W = (H̃ᵀDH̃ + λI)⁻¹H̃ᵀDỸ (H̃, Ỹ centred by their weighted means, D = diag(w)) and
+b = ȳ − h̄W; the intercept b is not penalized, as in scikit-learn's ``Ridge``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ._gram import gram_update_, symmetrize
+from ._linalg import spd_solve
+
+__all__ = ["RidgeStats", "RidgeSolution", "RidgePath"]
+
+_F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class RidgeSolution:
+    """A solved ridge problem: predictions are ``H @ coef + intercept``.
+
+    Attributes:
+        coef: (d, k) float64 weights.
+        intercept: (k,) float64 (zeros when ``fit_intercept=False``).
+        lam: the λ used.
+        method: ``"cholesky"``, ``"eigh"`` (pseudo-inverse fallback) or ``"dual"``.
+    """
+
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    lam: float
+    method: str
+
+
+@dataclass(frozen=True)
+class RidgePath:
+    """Errors along a λ grid from one eigendecomposition.
+
+    Attributes:
+        lams: (L,) the grid.
+        gcv: (L,) generalized cross-validation score (RSS/(n·k)) / (1 − df/n)².
+        df: (L,) effective degrees of freedom Σ sᵢ/(sᵢ+λ) (+1 for the intercept).
+        train_mse: (L,) training mean squared error RSS/(n·k).
+        holdout_mse: (L,) mean squared error on the hold-out statistics, or None.
+        best_lam: λ minimizing the hold-out error if given, else GCV.
+        best_index: its index in ``lams``.
+        coefs: (L, d, k) solutions, when asked for.
+    """
+
+    lams: torch.Tensor
+    gcv: torch.Tensor
+    df: torch.Tensor
+    train_mse: torch.Tensor
+    holdout_mse: torch.Tensor | None
+    best_lam: float
+    best_index: int
+    coefs: torch.Tensor | None = None
+
+
+def _as_2d_float(name: str, x: object, device: torch.device) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if x.ndim == 1 and name == "Y":
+        x = x[:, None]
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n_samples, n_columns), got shape {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.int64, torch.int32, torch.uint8, torch.bool)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+    x = x.detach()
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the data before fitting")
+    return x.to(device=device, dtype=_F64)
+
+
+class RidgeStats:
+    """Streaming sufficient statistics of a multi-output weighted ridge regression.
+
+    Holds G = HᵀDH (lower triangle), C = HᵀDY, the weighted column sums of H and Y, the weighted
+    per-column ‖Y‖², the total weight n and the row count, all in float64 (the precision policy:
+    features may be float32, their Gram is accumulated and solved in float64). Memory is
+    O(d² + d·k), independent of the number of rows streamed.
+
+    While fewer rows than features have been seen, the rows themselves are kept instead of G
+    (``dual=True``), and :meth:`solve` uses the dual form W = H̃ᵀ(H̃H̃ᵀ + λI)⁻¹Ỹ (n × n); the
+    first update that makes n exceed d forms G from them and drops them.
+
+    Args:
+        n_features: d, the width of H.
+        n_targets: k, the width of Y.
+        fit_intercept: centre H and Y by their weighted means and fit an unpenalized intercept.
+        dual: keep rows while n ≤ d to solve the dual problem.
+        device: where the statistics live (``"cuda"`` for GPU fits; reduce with NCCL there).
+
+    Example:
+        >>> stats = RidgeStats(64, 3)
+        >>> for H, Y in batches:            # doctest: +SKIP
+        ...     stats.update(H, Y)
+        >>> sol = stats.solve(1e-2)         # doctest: +SKIP
+        >>> Y_hat = H @ sol.coef + sol.intercept   # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        n_targets: int,
+        *,
+        fit_intercept: bool = True,
+        dual: bool = True,
+        device: str | torch.device | None = None,
+    ) -> None:
+        for name, v in (("n_features", n_features), ("n_targets", n_targets)):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.n_features = int(n_features)
+        self.n_targets = int(n_targets)
+        self.fit_intercept = bool(fit_intercept)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        d, k, dev = self.n_features, self.n_targets, self.device
+        self.G = torch.zeros(d, d, dtype=_F64, device=dev)
+        self.C = torch.zeros(d, k, dtype=_F64, device=dev)
+        self.h_sum = torch.zeros(d, dtype=_F64, device=dev)
+        self.y_sum = torch.zeros(k, dtype=_F64, device=dev)
+        self.yy = torch.zeros(k, dtype=_F64, device=dev)
+        self.n = 0.0  # total sample weight
+        self.n_rows = 0
+        # rows kept for the dual form: lists of (H, Y, w) or None once G holds them
+        self._rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = [] if dual else None
+
+    # ------------------------------------------------------------------ streaming
+    def update(self, H: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None = None) -> "RidgeStats":
+        """Add a batch.
+
+        Args:
+            H: (n, d) features (any float dtype; accumulated in float64).
+            Y: (n, k) or (n,) targets.
+            sample_weight: (n,) non-negative finite weights, or None for ones.
+
+        Returns:
+            self.
+        """
+        H = _as_2d_float("H", H, self.device)
+        Y = _as_2d_float("Y", Y, self.device)
+        if H.shape[1] != self.n_features:
+            raise ValueError(f"H must have {self.n_features} columns (n_features), got shape {tuple(H.shape)}")
+        if Y.shape[1] != self.n_targets:
+            raise ValueError(f"Y must have {self.n_targets} columns (n_targets), got shape {tuple(Y.shape)}")
+        if H.shape[0] != Y.shape[0]:
+            raise ValueError(f"H and Y must have the same number of rows, got {H.shape[0]} and {Y.shape[0]}")
+        if H.shape[0] == 0:
+            raise ValueError("H is empty (0 rows); every batch must hold at least one sample")
+        w = self._check_weight(sample_weight, H.shape[0])
+        self._add_sums(H, Y, w, sign=1.0)
+        self.n_rows += H.shape[0]
+        if self._rows is not None and self.n_rows <= self.n_features:
+            self._rows.append((H, Y, w))
+            return self
+        self._flush_rows()
+        self._accumulate(H, Y, w, sign=1.0)
+        return self
+
+    def _check_weight(self, sample_weight: object, n: int) -> torch.Tensor | None:
+        if sample_weight is None:
+            return None
+        if isinstance(sample_weight, np.ndarray):
+            sample_weight = torch.from_numpy(sample_weight)
+        if not isinstance(sample_weight, torch.Tensor):
+            raise TypeError(f"sample_weight must be a tensor, array or None, got {type(sample_weight).__name__}")
+        w = sample_weight.detach().to(device=self.device, dtype=_F64).reshape(-1)
+        if w.shape[0] != n:
+            raise ValueError(f"sample_weight must have {n} entries (one per row of H), got {w.shape[0]}")
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("sample_weight must be finite and non-negative")
+        return w
+
+    def _add_sums(self, H: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, sign: float) -> None:
+        if w is None:
+            self.h_sum += sign * H.sum(0)
+            self.y_sum += sign * Y.sum(0)
+            self.yy += sign * (Y * Y).sum(0)
+            self.n += sign * H.shape[0]
+        else:
+            self.h_sum += sign * (w @ H)
+            self.y_sum += sign * (w @ Y)
+            self.yy += sign * (w @ (Y * Y))
+            self.n += sign * float(w.sum())
+
+    def _accumulate(self, H: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, sign: float) -> None:
+        """G += sign·HᵀDH (lower triangle), C += sign·HᵀDY."""
+        if w is not None:
+            Hw = H * w.sqrt()[:, None]
+            self.C.addmm_(H.T, Y * w[:, None], alpha=sign)
+        else:
+            Hw = H
+            self.C.addmm_(H.T, Y, alpha=sign)
+        if sign > 0:
+            gram_update_(self.G, Hw)
+        else:
+            tmp = gram_update_(torch.zeros_like(self.G), Hw)
+            self.G -= tmp
+
+    def _flush_rows(self) -> None:
+        """Fold the kept rows into G and C, and stop keeping rows."""
+        if self._rows is None:
+            return
+        rows, self._rows = self._rows, None
+        for H, Y, w in rows:
+            self._accumulate(H, Y, w, sign=1.0)
+
+    # ------------------------------------------------------------------ algebra
+    def _check_compatible(self, other: object) -> "RidgeStats":
+        if not isinstance(other, RidgeStats):
+            raise TypeError(f"can only combine RidgeStats with RidgeStats, got {type(other).__name__}")
+        if (other.n_features, other.n_targets, other.fit_intercept) != (
+            self.n_features,
+            self.n_targets,
+            self.fit_intercept,
+        ):
+            raise ValueError(
+                "RidgeStats differ in (n_features, n_targets, fit_intercept): "
+                f"{(self.n_features, self.n_targets, self.fit_intercept)} vs "
+                f"{(other.n_features, other.n_targets, other.fit_intercept)}"
+            )
+        return other
+
+    def copy(self) -> "RidgeStats":
+        """A deep copy."""
+        out = RidgeStats(self.n_features, self.n_targets, fit_intercept=self.fit_intercept, dual=False,
+                         device=self.device)
+        for name in ("G", "C", "h_sum", "y_sum", "yy"):
+            getattr(out, name).copy_(getattr(self, name))
+        out.n, out.n_rows = self.n, self.n_rows
+        out._rows = None if self._rows is None else list(self._rows)
+        return out
+
+    def __iadd__(self, other: "RidgeStats") -> "RidgeStats":
+        """Merge: the statistics of the concatenated data."""
+        self._check_compatible(other)
+        if self._rows is not None and other._rows is not None and self.n_rows + other.n_rows <= self.n_features:
+            self._rows = self._rows + other._rows
+        else:
+            self._flush_rows()
+            other = other.copy()
+            other._flush_rows()
+            self.G += other.G
+            self.C += other.C
+        self.h_sum += other.h_sum
+        self.y_sum += other.y_sum
+        self.yy += other.yy
+        self.n += other.n
+        self.n_rows += other.n_rows
+        return self
+
+    def __add__(self, other: "RidgeStats") -> "RidgeStats":
+        return self.copy().__iadd__(other)
+
+    def __isub__(self, other: "RidgeStats") -> "RidgeStats":
+        """Downdate: remove rows that were added before (exact unlearning, hold-out by subtraction)."""
+        self._check_compatible(other)
+        if other.n_rows > self.n_rows:
+            raise ValueError(f"cannot remove {other.n_rows} rows from statistics of {self.n_rows} rows")
+        self._flush_rows()
+        other = other.copy()
+        other._flush_rows()
+        self.G -= other.G
+        self.C -= other.C
+        self.h_sum -= other.h_sum
+        self.y_sum -= other.y_sum
+        self.yy -= other.yy
+        self.n -= other.n
+        self.n_rows -= other.n_rows
+        return self
+
+    def __sub__(self, other: "RidgeStats") -> "RidgeStats":
+        return self.copy().__isub__(other)
+
+    def downdate(self, H: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None = None) -> "RidgeStats":
+        """Remove a batch that was added with :meth:`update` (same rows, same weights)."""
+        removed = RidgeStats(self.n_features, self.n_targets, fit_intercept=self.fit_intercept, dual=False,
+                             device=self.device)
+        removed.update(H, Y, sample_weight)
+        return self.__isub__(removed)
+
+    def _flat(self) -> torch.Tensor:
+        parts = [self.G.reshape(-1), self.C.reshape(-1), self.h_sum, self.y_sum, self.yy,
+                 torch.tensor([self.n, float(self.n_rows)], dtype=_F64, device=self.device)]
+        return torch.cat(parts)
+
+    def _unflat(self, flat: torch.Tensor) -> None:
+        d, k = self.n_features, self.n_targets
+        sizes = [d * d, d * k, d, k, k, 2]
+        G, C, hs, ys, yy, counts = torch.split(flat, sizes)
+        self.G.copy_(G.view(d, d))
+        self.C.copy_(C.view(d, k))
+        self.h_sum.copy_(hs)
+        self.y_sum.copy_(ys)
+        self.yy.copy_(yy)
+        self.n = float(counts[0])
+        self.n_rows = int(round(float(counts[1])))
+
+    def all_reduce(self, group: object | None = None) -> "RidgeStats":
+        """Sum the statistics of every rank of ``torch.distributed`` (one collective), in place.
+
+        Afterwards every rank holds the statistics of the union of all shards and solves the
+        identical system. Use gloo for CPU statistics and NCCL for CUDA ones.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("all_reduce needs torch.distributed to be initialized (dist.init_process_group)")
+        self._flush_rows()
+        flat = self._flat()
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        self._unflat(flat)
+        return self
+
+    # ------------------------------------------------------------------ solving
+    def _check_nonempty(self) -> None:
+        if self.n_rows == 0 or self.n <= 0:
+            raise ValueError("RidgeStats holds no data (n_rows=0 or total weight 0); call update() first")
+
+    def centered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The centred statistics (G̃, C̃, ‖Ỹ‖² per column): full symmetric G̃ = HᵀDH − n h̄h̄ᵀ, etc."""
+        self._check_nonempty()
+        if self._rows is not None:
+            stats = self.copy()
+            stats._flush_rows()
+            return stats.centered()
+        G = symmetrize(self.G)
+        C, yy = self.C.clone(), self.yy.clone()
+        if self.fit_intercept:
+            h_mean, y_mean = self.h_sum / self.n, self.y_sum / self.n
+            G -= self.n * torch.outer(h_mean, h_mean)
+            C -= self.n * torch.outer(h_mean, y_mean)
+            yy -= self.n * y_mean * y_mean
+        return G, C, yy
+
+    def _intercept(self, coef: torch.Tensor) -> torch.Tensor:
+        if not self.fit_intercept:
+            return torch.zeros(self.n_targets, dtype=_F64, device=self.device)
+        return (self.y_sum - self.h_sum @ coef) / self.n
+
+    @staticmethod
+    def _check_lam(lam: object, name: str = "lam") -> float:
+        if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)):
+            raise TypeError(f"{name} must be a non-negative float, got {lam!r}")
+        lam = float(lam)
+        if not math.isfinite(lam) or lam < 0:
+            raise ValueError(f"{name} must be a finite float >= 0, got {lam!r}")
+        return lam
+
+    def solve(self, lam: float) -> RidgeSolution:
+        """Solve the ridge problem for one λ.
+
+        Primal: W = (G̃ + λI)⁻¹C̃ by Cholesky in float64, falling back to an eigendecomposition
+        pseudo-inverse (with :class:`~pilearn.solvers.IllConditionedWarning`) when G̃ + λI is singular
+        or its condition number exceeds 1e12. Dual, while the rows are kept (n < d):
+        W = H̃ᵀD½(D½H̃H̃ᵀD½ + λI)⁻¹D½Ỹ, an n × n system.
+
+        Returns:
+            A :class:`RidgeSolution`; the weights are always finite.
+        """
+        lam = self._check_lam(lam)
+        self._check_nonempty()
+        if self._rows is not None and self.n_rows < self.n_features:
+            return self._solve_dual(lam)
+        G, C, _ = self.centered()
+        G.diagonal().add_(lam)
+        coef, method = spd_solve(G, C)
+        return RidgeSolution(coef, self._intercept(coef), lam, method)
+
+    def _solve_dual(self, lam: float) -> RidgeSolution:
+        H = torch.cat([r[0] for r in self._rows])
+        Y = torch.cat([r[1] for r in self._rows])
+        ws = [r[2] if r[2] is not None else torch.ones(r[0].shape[0], dtype=_F64, device=self.device)
+              for r in self._rows]
+        w = torch.cat(ws)
+        if self.fit_intercept:
+            H = H - self.h_sum / self.n
+            Y = Y - self.y_sum / self.n
+        sw = w.sqrt()[:, None]
+        A = H * sw  # (n, d)
+        K = A @ A.T
+        K.diagonal().add_(lam)
+        alpha, method = spd_solve(K, Y * sw)
+        coef = A.T @ alpha
+        return RidgeSolution(coef, self._intercept(coef), lam, "dual" if method == "cholesky" else method)
+
+    def solve_path(
+        self,
+        lams: Sequence[float] | torch.Tensor,
+        *,
+        holdout: "RidgeStats | None" = None,
+        return_coefs: bool = False,
+    ) -> RidgePath:
+        """Evaluate a λ grid from one eigendecomposition G̃ = V diag(s) Vᵀ.
+
+        With z = VᵀC̃ (the rotated cross-products):
+
+            W(λ)   = V diag(1/(s+λ)) z
+            RSS(λ) = ‖Ỹ‖² − Σᵢ ‖zᵢ‖² (2/(sᵢ+λ) − sᵢ/(sᵢ+λ)²)
+            df(λ)  = Σᵢ sᵢ/(sᵢ+λ)  (+1 for the intercept)
+            GCV(λ) = (RSS/(n·k)) / (1 − df/n)²
+
+        all from the statistics alone (Golub, Heath & Wahba 1979). With ``holdout`` (statistics of
+        held-out rows), the hold-out mean squared error of each W(λ) is computed from its G, C and
+        sums too, and picks ``best_lam``.
+        """
+        lam_t = torch.as_tensor(lams, dtype=_F64).reshape(-1)
+        if lam_t.numel() == 0:
+            raise ValueError("lams must hold at least one value, got an empty sequence")
+        for v in lam_t.tolist():
+            self._check_lam(v, "lams")
+        if holdout is not None:
+            self._check_compatible(holdout)
+            holdout._check_nonempty()
+        G, C, yy = self.centered()
+        s, V = torch.linalg.eigh(G)
+        s = s.clamp_min(0.0)
+        z = V.T @ C  # (d, k)
+        z2 = (z * z).sum(1)  # (d,)
+        lam_d = lam_t.to(self.device)
+        inv = 1.0 / (s[None, :] + lam_d[:, None])  # (L, d)
+        inv = torch.where(torch.isfinite(inv), inv, torch.zeros_like(inv))  # λ = 0 and s = 0: pseudo-inverse
+        rss = (yy.sum() - ((2 * inv - s[None, :] * inv * inv) * z2[None, :]).sum(1)).clamp_min(0.0)
+        df = (s[None, :] * inv).sum(1) + (1.0 if self.fit_intercept else 0.0)
+        n, k = self.n, self.n_targets
+        train_mse = rss / (n * k)
+        gcv = train_mse / (1.0 - df / n).clamp_min(1e-12) ** 2
+        gcv = torch.where(df < n, gcv, torch.full_like(gcv, float("inf")))
+        coefs = None
+        holdout_mse = None
+        if holdout is not None or return_coefs:
+            coef_list = [V @ (inv[i][:, None] * z) for i in range(lam_t.numel())]
+            if return_coefs:
+                coefs = torch.stack(coef_list)
+            if holdout is not None:
+                holdout_mse = torch.stack([holdout._sse(W, self._intercept(W)) for W in coef_list]) / (
+                    holdout.n * k
+                )
+        crit = holdout_mse if holdout_mse is not None else gcv
+        best = int(torch.argmin(crit))
+        return RidgePath(lam_t, gcv.cpu(), df.cpu(), train_mse.cpu(),
+                         None if holdout_mse is None else holdout_mse.cpu(), float(lam_t[best]), best,
+                         None if coefs is None else coefs)
+
+    def _sse(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Weighted Σ‖y − hW − b‖² over the rows of these statistics, from G, C and sums alone."""
+        stats = self
+        if self._rows is not None:
+            stats = self.copy()
+            stats._flush_rows()
+        G = symmetrize(stats.G)
+        quad = (W * (G @ W)).sum()
+        cross = (W * stats.C).sum()
+        return (stats.yy.sum() - 2 * cross - 2 * (b @ stats.y_sum) + quad
+                + 2 * (b @ (stats.h_sum @ W)) + stats.n * (b @ b))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that fully describe the statistics (kept rows are folded into G first)."""
+        self._flush_rows()
+        return {
+            "G": self.G.clone(), "C": self.C.clone(), "h_sum": self.h_sum.clone(),
+            "y_sum": self.y_sum.clone(), "yy": self.yy.clone(),
+            "n": torch.tensor(self.n, dtype=_F64),
+            "n_rows": torch.tensor(self.n_rows, dtype=torch.int64),
+            "fit_intercept": torch.tensor(self.fit_intercept),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> "RidgeStats":
+        """Restore statistics written by :meth:`state_dict` (shapes must match)."""
+        expected = {"G": (self.n_features, self.n_features), "C": (self.n_features, self.n_targets),
+                    "h_sum": (self.n_features,), "y_sum": (self.n_targets,), "yy": (self.n_targets,)}
+        for name, shape in expected.items():
+            if name not in state:
+                raise KeyError(f"state_dict lacks {name!r}")
+            if tuple(state[name].shape) != shape:
+                raise ValueError(f"state_dict[{name!r}] must have shape {shape}, got {tuple(state[name].shape)}")
+            getattr(self, name).copy_(state[name])
+        if bool(state["fit_intercept"]) != self.fit_intercept:
+            raise ValueError(f"state_dict has fit_intercept={bool(state['fit_intercept'])}, "
+                             f"these statistics have {self.fit_intercept}")
+        self.n = float(state["n"])
+        self.n_rows = int(state["n_rows"])
+        self._rows = None
+        return self
+
+    @classmethod
+    def from_batches(cls, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n_features: int, n_targets: int,
+                     **kwargs: object) -> "RidgeStats":
+        """Accumulate an iterable of ``(H, Y)`` or ``(H, Y, sample_weight)`` batches."""
+        stats = cls(n_features, n_targets, **kwargs)
+        for batch in batches:
+            stats.update(*batch)
+        return stats
+
+    def __repr__(self) -> str:
+        return (f"RidgeStats(n_features={self.n_features}, n_targets={self.n_targets}, "
+                f"n_rows={self.n_rows}, fit_intercept={self.fit_intercept}, device={str(self.device)!r})")
