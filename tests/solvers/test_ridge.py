@@ -149,21 +149,26 @@ def brute_force_gcv(H, Y, lam, fit_intercept=True):
     return float((rss / (n * k)) / (1 - tr / n) ** 2), float(tr)
 
 
+@pytest.mark.parametrize("n,d", [(120, 30), (20, 50)])  # primal and dual spectra
 @pytest.mark.parametrize("fit_intercept", [True, False])
-def test_gcv_equals_brute_force(generator, fit_intercept):
-    H, Y, _ = make_data(generator, 120, 30)
-    lams = torch.logspace(-4, 3, 15, dtype=F64)
-    path = RidgeStats(30, 3, fit_intercept=fit_intercept).update(H, Y).solve_path(lams)
+def test_gcv_equals_brute_force(generator, fit_intercept, n, d):
+    H, Y, _ = make_data(generator, n, d)
+    lams = torch.logspace(-2, 3, 11, dtype=F64)
+    stats = RidgeStats(d, 3, fit_intercept=fit_intercept).update(H, Y)
+    path = stats.solve_path(lams)
+    Hc = H - H.mean(0) if fit_intercept else H
+    assert stats.gram_trace() == pytest.approx(float((Hc * Hc).sum()), rel=1e-10)
     brute = [brute_force_gcv(H, Y, float(lam), fit_intercept) for lam in lams]
     np.testing.assert_allclose(path.gcv.numpy(), [b[0] for b in brute], rtol=1e-8)
     np.testing.assert_allclose(path.df.numpy(), [b[1] for b in brute], rtol=1e-8)
     assert path.best_lam == float(lams[int(np.argmin([b[0] for b in brute]))])
 
 
-def test_path_coefs_and_holdout_mse_match_direct_solves(generator):
-    H, Y, _ = make_data(generator, 200, 20)
-    train = RidgeStats(20, 3).update(H[:150], Y[:150])
-    held = RidgeStats(20, 3).update(H[150:], Y[150:])
+@pytest.mark.parametrize("d", [20, 180])  # primal and dual
+def test_path_coefs_and_holdout_mse_match_direct_solves(generator, d):
+    H, Y, w = make_data(generator, 200, d)
+    train = RidgeStats(d, 3).update(H[:150], Y[:150], w[:150])
+    held = RidgeStats(d, 3).update(H[150:], Y[150:])
     lams = [1e-2, 1.0, 100.0]
     path = train.solve_path(lams, holdout=held, return_coefs=True)
     for i, lam in enumerate(lams):

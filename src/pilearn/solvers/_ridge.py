@@ -384,19 +384,10 @@ class RidgeStats:
         return RidgeSolution(coef, self._intercept(coef), lam, method)
 
     def _solve_dual(self, lam: float) -> RidgeSolution:
-        H = torch.cat([r[0] for r in self._rows])
-        Y = torch.cat([r[1] for r in self._rows])
-        ws = [r[2] if r[2] is not None else torch.ones(r[0].shape[0], dtype=_F64, device=self.device)
-              for r in self._rows]
-        w = torch.cat(ws)
-        if self.fit_intercept:
-            H = H - self.h_sum / self.n
-            Y = Y - self.y_sum / self.n
-        sw = w.sqrt()[:, None]
-        A = H * sw  # (n, d)
+        A, Yw = self._kept_rows()
         K = A @ A.T
         K.diagonal().add_(lam)
-        alpha, method = spd_solve(K, Y * sw)
+        alpha, method = spd_solve(K, Yw)
         coef = A.T @ alpha
         return RidgeSolution(coef, self._intercept(coef), lam, "dual" if method == "cholesky" else method)
 
@@ -428,15 +419,18 @@ class RidgeStats:
         if holdout is not None:
             self._check_compatible(holdout)
             holdout._check_nonempty()
-        G, C, yy = self.centered()
-        s, V = torch.linalg.eigh(G)
-        s = s.clamp_min(0.0)
-        z = V.T @ C  # (d, k)
-        z2 = (z * z).sum(1)  # (d,)
+        s, z, to_coef, yy, q2 = self._spectrum()
+        z2 = (z * z).sum(1)  # (m,)
         lam_d = lam_t.to(self.device)
-        inv = 1.0 / (s[None, :] + lam_d[:, None])  # (L, d)
-        inv = torch.where(torch.isfinite(inv), inv, torch.zeros_like(inv))  # λ = 0 and s = 0: pseudo-inverse
-        rss = (yy.sum() - ((2 * inv - s[None, :] * inv * inv) * z2[None, :]).sum(1)).clamp_min(0.0)
+        tol = s.numel() * torch.finfo(_F64).eps * float(s.max())
+        s = torch.where(s > tol, s, torch.zeros_like(s))  # round-off in a null space is zero
+        denom = s[None, :] + lam_d[:, None]  # (L, m)
+        # λ = 0 on a null direction: the pseudo-inverse drops it
+        inv = torch.where(denom > tol, 1.0 / denom.clamp_min(tol), torch.zeros_like(denom))
+        if q2 is None:
+            rss = (yy.sum() - ((2 * inv - s[None, :] * inv * inv) * z2[None, :]).sum(1)).clamp_min(0.0)
+        else:  # dual: U spans all of Rⁿ, so the residual D½Ỹ − ŷ = U diag(λ/(s+λ)) q exactly
+            rss = (((1.0 - s[None, :] * inv) ** 2) * q2[None, :]).sum(1)
         df = (s[None, :] * inv).sum(1) + (1.0 if self.fit_intercept else 0.0)
         n, k = self.n, self.n_targets
         train_mse = rss / (n * k)
@@ -445,7 +439,7 @@ class RidgeStats:
         coefs = None
         holdout_mse = None
         if holdout is not None or return_coefs:
-            coef_list = [V @ (inv[i][:, None] * z) for i in range(lam_t.numel())]
+            coef_list = [to_coef(inv[i]) for i in range(lam_t.numel())]
             if return_coefs:
                 coefs = torch.stack(coef_list)
             if holdout is not None:
@@ -457,6 +451,50 @@ class RidgeStats:
         return RidgePath(lam_t, gcv.cpu(), df.cpu(), train_mse.cpu(),
                          None if holdout_mse is None else holdout_mse.cpu(), float(lam_t[best]), best,
                          None if coefs is None else coefs)
+
+    def _kept_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept rows, centred and scaled by √w: (A = D½H̃ (n, d), D½Ỹ (n, k))."""
+        H = torch.cat([r[0] for r in self._rows])
+        Y = torch.cat([r[1] for r in self._rows])
+        w = torch.cat([r[2] if r[2] is not None else torch.ones(r[0].shape[0], dtype=_F64, device=self.device)
+                       for r in self._rows])
+        if self.fit_intercept:
+            H = H - self.h_sum / self.n
+            Y = Y - self.y_sum / self.n
+        sw = w.sqrt()[:, None]
+        return H * sw, Y * sw
+
+    def _spectrum(self):
+        """Eigen-pairs of the centred problem: (s (m,), z (m, k), coef(inv) -> (d, k), ‖Ỹ‖² (k,), q² or None).
+
+        Primal: G̃ = V diag(s) Vᵀ, z = VᵀC̃, W = V diag(inv) z. Dual (rows kept, n < d):
+        K = AAᵀ = U diag(s) Uᵀ with A = D½H̃; G̃ has the same non-zero eigenvalues, z = diag(√s) UᵀD½Ỹ,
+        and W = AᵀU diag(inv) UᵀD½Ỹ: an n × n eigendecomposition instead of d × d.
+        """
+        self._check_nonempty()
+        if self._rows is not None and self.n_rows < self.n_features:
+            A, Yw = self._kept_rows()
+            s, U = torch.linalg.eigh(A @ A.T)
+            s = s.clamp_min(0.0)
+            q = U.T @ Yw
+            coef = lambda inv: A.T @ (U @ (inv[:, None] * q))  # noqa: E731
+            return s, s.sqrt()[:, None] * q, coef, (Yw * Yw).sum(0), (q * q).sum(1)
+        G, C, yy = self.centered()
+        s, V = torch.linalg.eigh(G)
+        s = s.clamp_min(0.0)
+        z = V.T @ C
+        return s, z, lambda inv: V @ (inv[:, None] * z), yy, None
+
+    def gram_trace(self) -> float:
+        """tr(G̃), the sum of the centred Gram's eigenvalues (a scale for relative λ grids)."""
+        self._check_nonempty()
+        if self._rows is not None:
+            A, _ = self._kept_rows()
+            return float((A * A).sum())
+        tr = float(self.G.diagonal().sum())
+        if self.fit_intercept:
+            tr -= float(self.h_sum @ self.h_sum) / self.n
+        return tr
 
     def _sse(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Weighted Σ‖y − hW − b‖² over the rows of these statistics, from G, C and sums alone."""
