@@ -1,0 +1,6 @@
+"""scikit-learn estimators: PIL classifiers and regressors."""
+
+from ._conv import conv_features
+from ._pil import DEFAULT_LAM_GRID, PILClassifier, PILRegressor
+
+__all__ = ["PILClassifier", "PILRegressor", "DEFAULT_LAM_GRID", "conv_features"]

@@ -71,7 +71,7 @@ class RidgePath:
 
 def _as_2d_float(name: str, x: object, device: torch.device) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.ndim == 1 and name == "Y":
@@ -177,7 +177,7 @@ class RidgeStats:
         if sample_weight is None:
             return None
         if isinstance(sample_weight, np.ndarray):
-            sample_weight = torch.from_numpy(sample_weight)
+            sample_weight = torch.from_numpy(np.array(sample_weight))
         if not isinstance(sample_weight, torch.Tensor):
             raise TypeError(f"sample_weight must be a tensor, array or None, got {type(sample_weight).__name__}")
         w = sample_weight.detach().to(device=self.device, dtype=_F64).reshape(-1)

@@ -1,0 +1,429 @@
+"""scikit-learn estimators for single-hidden-layer PIL networks.
+
+A PIL network maps inputs through a fixed, seeded random feature map ``H = φ(X)`` and solves the
+output layer in closed form: ``W = (H̃ᵀH̃ + λI)⁻¹H̃ᵀỸ`` (Guo & Lyu's pseudoinverse learning; the
+extreme learning machine of Huang et al. 2006 is the same model). Training is one streaming pass
+that accumulates :class:`~pilearn.solvers.RidgeStats`, then one solve; ``partial_fit`` adds rows,
+``forget`` removes them exactly.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelBinarizer
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from ..features import (
+    BiPILFeatures,
+    FeatureMap,
+    RandomProjection,
+    feature_map_from_config,
+)
+from ..solvers import RidgeStats
+from ._conv import conv_features
+
+__all__ = ["PILClassifier", "PILRegressor", "DEFAULT_LAM_GRID"]
+
+#: λ/(tr(G̃)/d) candidates for ``lam="auto"``: λ relative to the mean eigenvalue of the centred Gram.
+DEFAULT_LAM_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-8, 2, 21))
+
+FeatureKind = Literal["dense", "bipil", "conv"]
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _to_tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor over ``a``'s memory, copying only a read-only array (a memmap, say)."""
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+class _BasePIL(BaseEstimator):
+    """Shared fitting machinery: features → RidgeStats → solve."""
+
+    def __init__(
+        self,
+        *,
+        n_hidden: int = 1000,
+        activation: str = "gelu",
+        features: FeatureKind | dict | FeatureMap = "dense",
+        kind: str = "gaussian",
+        fusion: Literal["concat", "add", "single"] = "concat",
+        image_shape: tuple[int, int, int] | None = None,
+        lam: float | Literal["auto"] = "auto",
+        lam_grid: tuple[float, ...] | None = None,
+        batch_size: int = 4096,
+        device: str = "cpu",
+        dtype: Literal["float32", "float64"] = "float32",
+        random_state: int | None = None,
+    ) -> None:
+        self.n_hidden = n_hidden
+        self.activation = activation
+        self.features = features
+        self.kind = kind
+        self.fusion = fusion
+        self.image_shape = image_shape
+        self.lam = lam
+        self.lam_grid = lam_grid
+        self.batch_size = batch_size
+        self.device = device
+        self.dtype = dtype
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ validation
+    def _validate_params(self) -> None:
+        if isinstance(self.n_hidden, bool) or not isinstance(self.n_hidden, numbers.Integral) or self.n_hidden < 1:
+            raise ValueError(f"n_hidden must be a positive int, got {self.n_hidden!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        if not (isinstance(self.lam, str) and self.lam == "auto"):
+            if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real):
+                raise ValueError(f"lam must be a float >= 0 or 'auto', got {self.lam!r}")
+            if not np.isfinite(self.lam) or self.lam < 0:
+                raise ValueError(f"lam must be a float >= 0 or 'auto', got {self.lam!r}")
+        if self.lam_grid is not None:
+            grid = np.asarray(self.lam_grid, dtype=float).ravel()
+            if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
+                raise ValueError(f"lam_grid must be a non-empty sequence of positive floats, got {self.lam_grid!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {self.dtype!r}")
+        if self.random_state is not None and (
+            isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral)
+            or self.random_state < 0
+        ):
+            raise ValueError(f"random_state must be None or a non-negative int, got {self.random_state!r}")
+        if not (isinstance(self.features, (dict, FeatureMap)) or self.features in ("dense", "bipil", "conv")):
+            raise ValueError(
+                f"features must be 'dense', 'bipil', 'conv', a FeatureMap or its config dict, got {self.features!r}"
+            )
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}") from err
+
+    @property
+    def _torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    def _resolve_seed(self) -> int:
+        if self.random_state is None:
+            return int(np.random.default_rng().integers(0, 2**31 - 1))
+        return int(self.random_state)
+
+    def _build_feature_map(self, n_in: int, seed: int) -> FeatureMap:
+        dev, dt = torch.device(self.device), self._torch_dtype
+        spec = self.features
+        if isinstance(spec, FeatureMap):
+            fmap = feature_map_from_config(spec.get_config(), device=dev)
+        elif isinstance(spec, dict):
+            fmap = feature_map_from_config(spec, device=dev)
+        elif spec == "dense":
+            fmap = RandomProjection(n_in, self.n_hidden, kind=self.kind, activation=self.activation, seed=seed,
+                                    dtype=dt, device=dev)
+        elif spec == "bipil":
+            width = self.n_hidden // 2 if self.fusion == "concat" else self.n_hidden
+            if width < 1:
+                raise ValueError(f"n_hidden must be >= 2 for features='bipil' with fusion='concat', got {self.n_hidden}")
+            fmap = BiPILFeatures(n_in, width, fusion=self.fusion, kind=self.kind, activation=self.activation,
+                                 seed=seed, dtype=dt, device=dev)
+        else:  # conv
+            fmap = conv_features(self._image_shape(n_in), seed=seed, dtype=dt, device=dev)
+        if fmap.in_features != n_in:
+            raise ValueError(f"the feature map takes {fmap.in_features} input features, X has {n_in}")
+        return fmap
+
+    def _image_shape(self, n_in: int) -> tuple[int, int, int]:
+        if self.image_shape is not None:
+            shape = tuple(int(v) for v in self.image_shape)
+            if len(shape) != 3 or int(np.prod(shape)) != n_in:
+                raise ValueError(f"image_shape must be (C, H, W) with C*H*W == n_features ({n_in}), "
+                                 f"got {self.image_shape!r}")
+            return shape  # type: ignore[return-value]
+        for c in (1, 3):
+            side = int(round((n_in / c) ** 0.5))
+            if c * side * side == n_in:
+                return (c, side, side)
+        raise ValueError(f"features='conv' needs image_shape=(C, H, W); could not infer it from {n_in} features")
+
+    # ------------------------------------------------------------------ fitting core
+    def _batches(self, X: np.ndarray, *arrays: np.ndarray | None) -> Iterator[tuple[torch.Tensor, ...]]:
+        dev, dt = torch.device(self.device), self._torch_dtype
+        for i in range(0, X.shape[0], self.batch_size):
+            sl = slice(i, i + self.batch_size)
+            xb = _to_tensor(X[sl]).to(device=dev, dtype=dt)
+            rest = tuple(None if a is None else _to_tensor(a[sl]).to(device=dev, dtype=torch.float64)
+                         for a in arrays)
+            yield (xb, *rest)
+
+    def _transform_batches(self, X: np.ndarray, *arrays: np.ndarray | None) -> Iterator[tuple[torch.Tensor, ...]]:
+        with torch.no_grad():
+            for xb, *rest in self._batches(X, *arrays):
+                yield (self.feature_map_(xb), *rest)
+
+    def _init_fit(self, n_in: int, n_targets: int) -> None:
+        self.seed_ = self._resolve_seed()
+        self.feature_map_ = self._build_feature_map(n_in, self.seed_)
+        self.stats_ = RidgeStats(self.feature_map_.out_features, n_targets, device=self.device)
+
+    def _accumulate(self, X: np.ndarray, T: np.ndarray, sample_weight: np.ndarray | None, sign: int = 1) -> None:
+        if sign > 0:
+            for H, Tb, wb in self._transform_batches(X, T, sample_weight):
+                self.stats_.update(H, Tb, wb)
+        else:
+            removed = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
+            for H, Tb, wb in self._transform_batches(X, T, sample_weight):
+                removed.update(H, Tb, wb)
+            self.stats_ -= removed
+
+    def _solve(self) -> None:
+        stats = self.stats_
+        if isinstance(self.lam, str):  # "auto": GCV over λ relative to the mean eigenvalue of G̃
+            scale = max(stats.gram_trace() / stats.n_features, np.finfo(float).tiny)
+            grid = np.asarray(self.lam_grid if self.lam_grid is not None else DEFAULT_LAM_GRID, dtype=float)
+            path = stats.solve_path(torch.as_tensor(grid * scale))
+            self.lam_path_ = path
+            lam = path.best_lam
+        else:
+            lam = float(self.lam)
+        sol = stats.solve(lam)
+        self.lam_ = float(lam)
+        self.coef_ = sol.coef.cpu().numpy()
+        self.intercept_ = sol.intercept.cpu().numpy()
+        self.solver_ = sol.method
+        self._cache_weights()
+
+    def _cache_weights(self) -> None:
+        # the readout is cheap (n·d·k) and runs in float64, so a score does not depend on batch size
+        dev = torch.device(self.device)
+        self._W = torch.as_tensor(self.coef_).to(device=dev, dtype=torch.float64)
+        self._b = torch.as_tensor(self.intercept_).to(device=dev, dtype=torch.float64)
+
+    def _raw_predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self, "coef_")
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        if X.shape[0] == 0:
+            raise ValueError("X is empty (0 samples); predict needs at least one sample")
+        if not hasattr(self, "_W"):
+            self._cache_weights()
+        out = [(H.to(torch.float64) @ self._W + self._b).cpu() for (H,) in self._transform_batches(X)]
+        return torch.cat(out).numpy()
+
+    def hidden_features(self, X: Any) -> np.ndarray:
+        """The hidden features ``H = φ(X)``: (n_samples, n_features_out)."""
+        check_is_fitted(self, "feature_map_")
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return torch.cat([H.cpu() for (H,) in self._transform_batches(X)]).numpy()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_W", None)
+        state.pop("_b", None)
+        return state
+
+    def __sklearn_tags__(self):  # noqa: D105
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str, *, include_stats: bool = False) -> None:
+        """Write the fitted model to ``path`` (safetensors: solved weights + JSON config; no pickle).
+
+        The random feature map is stored as its seed and configuration, not as a matrix.
+        ``include_stats=True`` also stores the sufficient statistics (d² floats), so that
+        ``partial_fit`` and ``forget`` can continue after :meth:`load`.
+        """
+        from ._io import save_estimator
+
+        save_estimator(self, path, include_stats=include_stats)
+
+    @classmethod
+    def load(cls, path: str, *, device: str | None = None):
+        """Read a model written by :meth:`save`."""
+        from ._io import load_estimator
+
+        return load_estimator(cls, path, device=device)
+
+
+def _check_X_y(est: _BasePIL, X: Any, y: Any, reset: bool, multi_output: bool):
+    if y is None:
+        raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None")
+    X, y = validate_data(est, X, y, reset=reset, dtype=[np.float64, np.float32], multi_output=multi_output,
+                         y_numeric=not isinstance(est, ClassifierMixin))
+    if X.shape[0] == 0:
+        raise ValueError("X is empty (0 samples); fit needs at least one sample")
+    return X, y
+
+
+class PILClassifier(ClassifierMixin, _BasePIL):
+    """Pseudoinverse-learning classifier: seeded random features and a closed-form ridge readout.
+
+    The readout regresses one-hot targets (0/1): ``W = (H̃ᵀH̃ + λI)⁻¹H̃ᵀỸ`` with ``H = φ(X)``.
+    Least squares on one-hot targets estimates class probabilities (a linear probability model);
+    ``predict_proba`` clips those scores to ``[1e-6, 1]`` and renormalizes them.
+
+    Parameters:
+        n_hidden: width of the random hidden layer (the total width for ``features='bipil'``).
+        activation: ``gelu``, ``relu``, ``tanh``, ``sigmoid``, ``sine``, ``identity``.
+        features: ``'dense'`` (one random projection), ``'bipil'`` (two projections fused by
+            ``fusion``, the seed notes' Bi-PIL), ``'conv'`` (random convolutional features for images,
+            see :func:`~pilearn.estimators.conv_features`), or any :class:`~pilearn.features.FeatureMap`
+            (or its config dict).
+        kind: random matrix kind: ``gaussian``, ``orthogonal``, ``rademacher``, ``sparse``.
+        fusion: Bi-PIL fusion: ``concat``, ``add``, ``single``.
+        image_shape: ``(C, H, W)`` of the flattened rows, for ``features='conv'`` (inferred for square
+            1- or 3-channel images).
+        lam: ridge λ (absolute, like scikit-learn's ``alpha``), or ``'auto'``: generalized
+            cross-validation over ``lam_grid · tr(G̃)/d`` from one eigendecomposition.
+        lam_grid: relative λ candidates for ``lam='auto'`` (default ``DEFAULT_LAM_GRID``).
+        batch_size: rows per streamed batch (bounds memory: O(d² + batch_size·d)).
+        device: torch device for features and statistics.
+        dtype: feature dtype (the Gram and the solve are float64 regardless).
+        random_state: seed of the feature map; None draws one (stored in ``seed_``).
+
+    Attributes:
+        classes_, coef_ (d, n_classes), intercept_, lam_, seed_, feature_map_, stats_
+        (the sufficient statistics, for ``partial_fit`` and ``forget``), solver_, n_features_in_.
+    """
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "PILClassifier":
+        """Fit on (X, y) in one streaming pass and one solve."""
+        self._validate_params()
+        X, y = _check_X_y(self, X, y, reset=True, multi_output=False)
+        check_classification_targets(y)
+        self._binarizer = LabelBinarizer().fit(y)
+        self.classes_ = self._binarizer.classes_
+        if len(self.classes_) < 2:
+            raise ValueError(f"PILClassifier needs samples of at least 2 classes in y; got 1 class: {self.classes_[0]!r}")
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        self._init_fit(X.shape[1], len(self.classes_))
+        self._accumulate(X, self._targets(y), sw)
+        self._solve()
+        return self
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> "PILClassifier":
+        """Add a batch to the statistics and re-solve. ``classes`` is required on the first call."""
+        first = not hasattr(self, "stats_")
+        if first:
+            self._validate_params()
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit, got None")
+            classes = np.unique(np.asarray(classes))
+            if len(classes) < 2:
+                raise ValueError(f"classes must hold at least 2 classes, got {classes!r}")
+            self._binarizer = LabelBinarizer().fit(classes)
+            self.classes_ = self._binarizer.classes_
+        elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+            raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_!r}")
+        X, y = _check_X_y(self, X, y, reset=first, multi_output=False)
+        check_classification_targets(y)
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y holds labels {unknown.tolist()} that are not in classes {self.classes_.tolist()}")
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if first:
+            self._init_fit(X.shape[1], len(self.classes_))
+        self._accumulate(X, self._targets(y), sw)
+        self._solve()
+        return self
+
+    def forget(self, X: Any, y: Any, sample_weight: Any = None) -> "PILClassifier":
+        """Exact unlearning: remove rows that were fitted before and re-solve.
+
+        The result equals a fit without those rows (same seed), up to float64 round-off.
+        """
+        check_is_fitted(self, "stats_")
+        X, y = _check_X_y(self, X, y, reset=False, multi_output=False)
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if unknown.size:
+            raise ValueError(f"y holds labels {unknown.tolist()} that were never fitted (classes {self.classes_.tolist()})")
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        self._accumulate(X, self._targets(y), sw, sign=-1)
+        self._solve()
+        return self
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        T = self._binarizer.transform(y).astype(np.float64)
+        if T.shape[1] == 1:  # binary: LabelBinarizer gives one column; use both one-hot columns
+            T = np.hstack([1.0 - T, T])
+        return T
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Ridge scores (n, n_classes); for two classes, score(class 1) − score(class 0) of shape (n,)."""
+        S = self._raw_predict(X)
+        return S[:, 1] - S[:, 0] if S.shape[1] == 2 else S
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class of highest score."""
+        scores = self._raw_predict(X)
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Clipped, renormalized least-squares class-probability estimates (n, n_classes)."""
+        P = np.clip(self._raw_predict(X), 1e-6, 1.0)
+        return P / P.sum(axis=1, keepdims=True)
+
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """log of :meth:`predict_proba`."""
+        return np.log(self.predict_proba(X))
+
+
+class PILRegressor(RegressorMixin, _BasePIL):
+    """Pseudoinverse-learning regressor: seeded random features and a closed-form ridge readout.
+
+    ``W = (H̃ᵀH̃ + λI)⁻¹H̃ᵀỸ`` with ``H = φ(X)``; single or multi-output ``y``. Parameters and attributes
+    as :class:`PILClassifier` (no classes).
+    """
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "PILRegressor":
+        """Fit on (X, y) in one streaming pass and one solve."""
+        self._validate_params()
+        X, y = _check_X_y(self, X, y, reset=True, multi_output=True)
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        self._y_ndim = y.ndim
+        Y = y.reshape(len(y), -1).astype(np.float64)
+        self._init_fit(X.shape[1], Y.shape[1])
+        self._accumulate(X, Y, sw)
+        self._solve()
+        return self
+
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> "PILRegressor":
+        """Add a batch to the statistics and re-solve."""
+        first = not hasattr(self, "stats_")
+        if first:
+            self._validate_params()
+        X, y = _check_X_y(self, X, y, reset=first, multi_output=True)
+        Y = y.reshape(len(y), -1).astype(np.float64)
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        if first:
+            self._y_ndim = y.ndim
+            self._init_fit(X.shape[1], Y.shape[1])
+        elif Y.shape[1] != self.stats_.n_targets:
+            raise ValueError(f"y must have {self.stats_.n_targets} target columns as in the first call, got {Y.shape[1]}")
+        self._accumulate(X, Y, sw)
+        self._solve()
+        return self
+
+    def forget(self, X: Any, y: Any, sample_weight: Any = None) -> "PILRegressor":
+        """Exact unlearning: remove rows that were fitted before and re-solve."""
+        check_is_fitted(self, "stats_")
+        X, y = _check_X_y(self, X, y, reset=False, multi_output=True)
+        Y = y.reshape(len(y), -1).astype(np.float64)
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        self._accumulate(X, Y, sw, sign=-1)
+        self._solve()
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions (n,) or (n, n_targets)."""
+        P = self._raw_predict(X)
+        return P[:, 0] if self._y_ndim == 1 else P
+
+    def __sklearn_tags__(self):  # noqa: D105
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
