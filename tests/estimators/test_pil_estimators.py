@@ -12,12 +12,22 @@ from pilearn.features import RandomConvFeatures, RandomProjection
 from pilearn.solvers import IllConditionedWarning
 
 
+def _expected_failures(est):
+    # float32 features: a row's value depends at the 1e-7 level on the BLAS kernel MKL picks for the
+    # batch's row count, and the check's tolerance (1e-7) assumes float64; dtype="float64" passes it.
+    if est.dtype == "float32":
+        return {"check_methods_subset_invariance": "float32 GEMM round-off depends on the batch size"}
+    return {}
+
+
 @parametrize_with_checks(
     [
         PILClassifier(n_hidden=64, random_state=0),
         PILRegressor(n_hidden=64, random_state=0),
-        PILClassifier(n_hidden=64, features="bipil", fusion="add", random_state=0),
-    ]
+        PILRegressor(n_hidden=64, dtype="float64", random_state=0),
+        PILClassifier(n_hidden=64, features="bipil", fusion="add", dtype="float64", random_state=0),
+    ],
+    expected_failed_checks=_expected_failures,
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
@@ -35,7 +45,9 @@ def test_classifier_equals_ridge_on_its_features(digits):
     X, y, Xt, _ = digits
     clf = PILClassifier(n_hidden=300, lam=0.5, dtype="float64", random_state=3).fit(X, y)
     H = clf.hidden_features(X)
-    ref = RandomProjection(64, 300, activation="gelu", seed=3, dtype=torch.float64)(torch.as_tensor(X, dtype=torch.float64))
+    assert clf.input_scale_ == pytest.approx(1 / np.sqrt(np.mean(X.astype(float) ** 2)))
+    fmap = RandomProjection(64, 300, activation="gelu", scale=clf.input_scale_ / 8, seed=3, dtype=torch.float64)
+    ref = fmap(torch.as_tensor(X, dtype=torch.float64))
     np.testing.assert_allclose(H, ref.numpy(), rtol=1e-12)
     onehot = (y[:, None] == clf.classes_[None, :]).astype(float)
     ridge = Ridge(alpha=0.5).fit(H, onehot)
@@ -94,8 +106,9 @@ def test_feature_map_instance_as_features(digits):
 # ---------------------------------------------------------------- streaming, unlearning, persistence
 def test_partial_fit_equals_fit(digits):
     X, y, Xt, _ = digits
-    full = PILClassifier(n_hidden=200, lam=0.1, random_state=0).fit(X, y)
-    inc = PILClassifier(n_hidden=200, lam=0.1, random_state=0)
+    # input_scale='auto' is measured on the first partial_fit batch, so fix it to compare with fit
+    full = PILClassifier(n_hidden=200, lam=0.1, input_scale=3.0, random_state=0).fit(X, y)
+    inc = PILClassifier(n_hidden=200, lam=0.1, input_scale=3.0, random_state=0)
     for i in range(0, len(X), 300):
         inc.partial_fit(X[i : i + 300], y[i : i + 300], classes=np.arange(10))
     np.testing.assert_allclose(inc.coef_, full.coef_, rtol=1e-9, atol=1e-11)
@@ -104,13 +117,14 @@ def test_partial_fit_equals_fit(digits):
 
 def test_forget_equals_refit_without_rows(digits):
     X, y, Xt, _ = digits
-    clf = PILRegressor(n_hidden=150, lam=0.1, random_state=0).fit(X, y.astype(float))
+    # forget keeps the fitted input_scale_; a refit with 'auto' would measure it on fewer rows
+    clf = PILRegressor(n_hidden=150, lam=0.1, input_scale=3.0, random_state=0).fit(X, y.astype(float))
     clf.forget(X[:200], y[:200].astype(float))
-    ref = PILRegressor(n_hidden=150, lam=0.1, random_state=0).fit(X[200:], y[200:].astype(float))
+    ref = PILRegressor(n_hidden=150, lam=0.1, input_scale=3.0, random_state=0).fit(X[200:], y[200:].astype(float))
     np.testing.assert_allclose(clf.coef_, ref.coef_, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(clf.predict(Xt), ref.predict(Xt), rtol=1e-6, atol=1e-8)
-    cls = PILClassifier(n_hidden=150, lam=0.1, random_state=0).fit(X, y).forget(X[:100], y[:100])
-    ref_c = PILClassifier(n_hidden=150, lam=0.1, random_state=0).fit(X[100:], y[100:])
+    cls = PILClassifier(n_hidden=150, lam=0.1, input_scale=3.0, random_state=0).fit(X, y).forget(X[:100], y[:100])
+    ref_c = PILClassifier(n_hidden=150, lam=0.1, input_scale=3.0, random_state=0).fit(X[100:], y[100:])
     np.testing.assert_allclose(cls.coef_, ref_c.coef_, rtol=1e-7, atol=1e-9)
 
 
@@ -165,6 +179,7 @@ def test_pickle_round_trip(digits):
         ({"activation": "swish"}, "swish"),
         ({"random_state": -3}, "random_state must be None or a non-negative int, got -3"),
         ({"lam_grid": (1.0, -2.0)}, "lam_grid must be a non-empty sequence of positive floats"),
+        ({"input_scale": 0.0}, "input_scale must be a float > 0 or 'auto', got 0.0"),
     ],
 )
 def test_bad_parameters_name_themselves(digits, params, match):

@@ -48,6 +48,7 @@ def save_estimator(est: Any, path: str | os.PathLike, *, include_stats: bool = F
         "params": _jsonable_params(est),
         "feature_map": est.feature_map_.get_config(),
         "seed": est.seed_,
+        "input_scale": est.input_scale_,
         "lam": est.lam_,
         "solver": est.solver_,
         "n_features_in": int(est.n_features_in_),
@@ -85,6 +86,7 @@ def load_estimator(cls: type, path: str | os.PathLike, *, device: str | None = N
     est.coef_ = tensors["coef"].numpy()
     est.intercept_ = tensors["intercept"].numpy()
     est.seed_ = int(meta["seed"])
+    est.input_scale_ = float(meta["input_scale"])
     est.lam_ = float(meta["lam"])
     est.solver_ = meta["solver"]
     est.n_features_in_ = int(meta["n_features_in"])

@@ -54,6 +54,7 @@ class _BasePIL(BaseEstimator):
         kind: str = "gaussian",
         fusion: Literal["concat", "add", "single"] = "concat",
         image_shape: tuple[int, int, int] | None = None,
+        input_scale: float | Literal["auto"] = "auto",
         lam: float | Literal["auto"] = "auto",
         lam_grid: tuple[float, ...] | None = None,
         batch_size: int = 4096,
@@ -67,6 +68,7 @@ class _BasePIL(BaseEstimator):
         self.kind = kind
         self.fusion = fusion
         self.image_shape = image_shape
+        self.input_scale = input_scale
         self.lam = lam
         self.lam_grid = lam_grid
         self.batch_size = batch_size
@@ -85,6 +87,11 @@ class _BasePIL(BaseEstimator):
                 raise ValueError(f"lam must be a float >= 0 or 'auto', got {self.lam!r}")
             if not np.isfinite(self.lam) or self.lam < 0:
                 raise ValueError(f"lam must be a float >= 0 or 'auto', got {self.lam!r}")
+        if not (isinstance(self.input_scale, str) and self.input_scale == "auto"):
+            if isinstance(self.input_scale, bool) or not isinstance(self.input_scale, numbers.Real) or not (
+                np.isfinite(self.input_scale) and self.input_scale > 0
+            ):
+                raise ValueError(f"input_scale must be a float > 0 or 'auto', got {self.input_scale!r}")
         if self.lam_grid is not None:
             grid = np.asarray(self.lam_grid, dtype=float).ravel()
             if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
@@ -114,22 +121,32 @@ class _BasePIL(BaseEstimator):
             return int(np.random.default_rng().integers(0, 2**31 - 1))
         return int(self.random_state)
 
+    def _resolve_input_scale(self, X: np.ndarray, sample_weight: np.ndarray | None) -> float:
+        """``input_scale='auto'``: 1/RMS(X) (sample-weighted), so random pre-activations have unit variance."""
+        if not isinstance(self.input_scale, str):
+            return float(self.input_scale)
+        row_ms = np.mean(np.square(X, dtype=np.float64), axis=1)
+        total = 0.0 if sample_weight is None else float(np.sum(sample_weight))
+        rms = float(np.sqrt(np.average(row_ms, weights=sample_weight if total > 0 else None)))
+        return 1.0 / rms if rms > 0 else 1.0
+
     def _build_feature_map(self, n_in: int, seed: int) -> FeatureMap:
         dev, dt = torch.device(self.device), self._torch_dtype
+        scale = self.input_scale_ / np.sqrt(n_in)  # pre-activation variance ≈ 1 for unit-RMS inputs
         spec = self.features
         if isinstance(spec, FeatureMap):
             fmap = feature_map_from_config(spec.get_config(), device=dev)
         elif isinstance(spec, dict):
             fmap = feature_map_from_config(spec, device=dev)
         elif spec == "dense":
-            fmap = RandomProjection(n_in, self.n_hidden, kind=self.kind, activation=self.activation, seed=seed,
-                                    dtype=dt, device=dev)
+            fmap = RandomProjection(n_in, self.n_hidden, kind=self.kind, activation=self.activation, scale=scale,
+                                    seed=seed, dtype=dt, device=dev)
         elif spec == "bipil":
             width = self.n_hidden // 2 if self.fusion == "concat" else self.n_hidden
             if width < 1:
                 raise ValueError(f"n_hidden must be >= 2 for features='bipil' with fusion='concat', got {self.n_hidden}")
             fmap = BiPILFeatures(n_in, width, fusion=self.fusion, kind=self.kind, activation=self.activation,
-                                 seed=seed, dtype=dt, device=dev)
+                                 scale=scale, seed=seed, dtype=dt, device=dev)
         else:  # conv
             fmap = conv_features(self._image_shape(n_in), seed=seed, dtype=dt, device=dev)
         if fmap.in_features != n_in:
@@ -164,9 +181,10 @@ class _BasePIL(BaseEstimator):
             for xb, *rest in self._batches(X, *arrays):
                 yield (self.feature_map_(xb), *rest)
 
-    def _init_fit(self, n_in: int, n_targets: int) -> None:
+    def _init_fit(self, X: np.ndarray, n_targets: int, sample_weight: np.ndarray | None) -> None:
         self.seed_ = self._resolve_seed()
-        self.feature_map_ = self._build_feature_map(n_in, self.seed_)
+        self.input_scale_ = self._resolve_input_scale(X, sample_weight)
+        self.feature_map_ = self._build_feature_map(X.shape[1], self.seed_)
         self.stats_ = RidgeStats(self.feature_map_.out_features, n_targets, device=self.device)
 
     def _accumulate(self, X: np.ndarray, T: np.ndarray, sample_weight: np.ndarray | None, sign: int = 1) -> None:
@@ -277,6 +295,11 @@ class PILClassifier(ClassifierMixin, _BasePIL):
         fusion: Bi-PIL fusion: ``concat``, ``add``, ``single``.
         image_shape: ``(C, H, W)`` of the flattened rows, for ``features='conv'`` (inferred for square
             1- or 3-channel images).
+        input_scale: factor applied to the inputs before the ``1/√n_features``-scaled random
+            projection; ``'auto'`` uses 1/RMS(X) of the data given to ``fit`` (or to the first
+            ``partial_fit`` call; ``forget`` keeps it), stored in ``input_scale_``, so the pre-activations
+            have unit variance. Not used by ``'conv'`` or a given FeatureMap. Fix it to a float to make
+            ``partial_fit`` over batches equal ``fit`` on their union.
         lam: ridge λ (absolute, like scikit-learn's ``alpha``), or ``'auto'``: generalized
             cross-validation over ``lam_grid · tr(G̃)/d`` from one eigendecomposition.
         lam_grid: relative λ candidates for ``lam='auto'`` (default ``DEFAULT_LAM_GRID``).
@@ -300,7 +323,7 @@ class PILClassifier(ClassifierMixin, _BasePIL):
         if len(self.classes_) < 2:
             raise ValueError(f"PILClassifier needs samples of at least 2 classes in y; got 1 class: {self.classes_[0]!r}")
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
-        self._init_fit(X.shape[1], len(self.classes_))
+        self._init_fit(X, len(self.classes_), sw)
         self._accumulate(X, self._targets(y), sw)
         self._solve()
         return self
@@ -326,7 +349,7 @@ class PILClassifier(ClassifierMixin, _BasePIL):
             raise ValueError(f"y holds labels {unknown.tolist()} that are not in classes {self.classes_.tolist()}")
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
         if first:
-            self._init_fit(X.shape[1], len(self.classes_))
+            self._init_fit(X, len(self.classes_), sw)
         self._accumulate(X, self._targets(y), sw)
         self._solve()
         return self
@@ -386,7 +409,7 @@ class PILRegressor(RegressorMixin, _BasePIL):
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
         self._y_ndim = y.ndim
         Y = y.reshape(len(y), -1).astype(np.float64)
-        self._init_fit(X.shape[1], Y.shape[1])
+        self._init_fit(X, Y.shape[1], sw)
         self._accumulate(X, Y, sw)
         self._solve()
         return self
@@ -401,7 +424,7 @@ class PILRegressor(RegressorMixin, _BasePIL):
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
         if first:
             self._y_ndim = y.ndim
-            self._init_fit(X.shape[1], Y.shape[1])
+            self._init_fit(X, Y.shape[1], sw)
         elif Y.shape[1] != self.stats_.n_targets:
             raise ValueError(f"y must have {self.stats_.n_targets} target columns as in the first call, got {Y.shape[1]}")
         self._accumulate(X, Y, sw)

@@ -1,0 +1,8 @@
+"""Benchmark suites: PIL side by side with the methods a user would otherwise pick."""
+
+from .classify import ClassifyConfig, make_config as make_classify_config, run_classify
+
+#: suite name -> (config factory, runner); ``pilearn bench`` with no suite runs them all
+SUITES = {"classify": (make_classify_config, run_classify)}
+
+__all__ = ["SUITES", "ClassifyConfig", "run_classify", "make_classify_config"]

@@ -27,6 +27,10 @@ __all__ = ["RandomConvFeatures"]
 Pool = Literal["avg", "max", "none"]
 POOLS: tuple[str, ...] = ("avg", "max", "none")
 
+# Conv-output values per chunk in RandomConvFeatures (2**20 float32 = 4 MiB): small enough to stay in cache
+# and to be recycled by the allocator, large enough that per-call overhead is negligible.
+_CHUNK_ELEMENTS = 2**20
+
 
 def _check_in_shape(in_shape: object) -> tuple[int, int, int]:
     if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, Sequence) or len(in_shape) != 3:
@@ -57,7 +61,9 @@ class RandomConvFeatures(FeatureMap):
     divided by its Euclidean norm, so every filter has unit norm and the response ``f · p`` to a patch
     ``p`` is ``‖p‖ cos∠(f, p)`` — on the scale of the pixels whatever ``k`` and ``C`` are. With
     ``kind="orthogonal"`` the filters are also mutually orthogonal while ``n_filters <= C·k·k``.
-    Bias ``b ~ U(-1, 1)`` per filter, from the derived stream ``derive_seed(seed, "bias")``.
+    Bias ``b ~ U(-bias_scale, bias_scale)`` per filter (default ``bias_scale = 1``), from the derived stream
+    ``derive_seed(seed, "bias")``. With ``normalize_patches=True`` every response lies in ``[-1, 1]``, and
+    ``bias_scale = 0.5`` keeps every threshold well inside that range (measured better on MNIST than 1).
 
     ``normalize_patches=True`` applies contrast normalization (Coates, Lee & Ng, AISTATS 2011) to every
     patch ``p`` (the ``m = C·k·k`` values under the filter, zero padding included) before filtering:
@@ -79,6 +85,7 @@ class RandomConvFeatures(FeatureMap):
         padding: int = 0,
         activation: str = "relu",
         bias: bool = True,
+        bias_scale: float = 1.0,
         pool: Pool = "avg",
         pool_size: int = 2,
         pool_stride: int | None = None,
@@ -99,6 +106,7 @@ class RandomConvFeatures(FeatureMap):
         self.activation = activation
         self._act = get_activation(activation)
         self.use_bias = check_bool("bias", bias)
+        self.bias_scale = check_positive_float("bias_scale", bias_scale)
         self.pool = check_choice("pool", pool, POOLS)
         self.pool_size = check_positive_int("pool_size", pool_size)
         self.pool_stride = None if pool_stride is None else check_positive_int("pool_stride", pool_stride)
@@ -121,7 +129,8 @@ class RandomConvFeatures(FeatureMap):
         self.register_buffer("weight", filters.to(device=device, dtype=self.dtype), persistent=False)
         b = None
         if self.use_bias:
-            b = uniform_vector(self.n_filters, -1.0, 1.0, seed=derive_seed(self.seed, "bias"))
+            b = uniform_vector(self.n_filters, -self.bias_scale, self.bias_scale,
+                               seed=derive_seed(self.seed, "bias"))
             b = b.to(device=device, dtype=self.dtype)
         self.register_buffer("bias", b, persistent=False)
 
@@ -164,19 +173,36 @@ class RandomConvFeatures(FeatureMap):
         s2 = F.conv2d(x * x, ones, **conv)  # Σp²
         m = ones.numel()
         sq_norm = (s2 - s1 * s1 / m).clamp_min_(0.0)  # ‖p - μ_p‖²
-        return numer / torch.sqrt(sq_norm + self.patch_eps)
+        return numer.div_(sq_norm.add_(self.patch_eps).sqrt_())
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        z = self._conv(x)
+        # Chunked over images so that every intermediate stays a few MiB: the full conv output of 60k
+        # MNIST images with 64 filters is 8.8 GB, and materializing it (plus its biased and activated
+        # copies) made the map memory-bound — 36 s instead of ~3 s on a 2-core machine. Each chunk's
+        # buffers are freed and reused by the allocator, and results are written into one output.
+        n = x.shape[0]
+        out = torch.empty((n, self.out_features), dtype=x.dtype, device=x.device)
+        step = self._chunk_rows()
+        for start in range(0, n, step):
+            out[start:start + step] = self._features_chunk(x[start:start + step])
+        return out  # (n, n_filters·H_p·W_p)
+
+    def _chunk_rows(self) -> int:
+        """Images per chunk: conv output of about ``_CHUNK_ELEMENTS`` values, at least one image."""
+        per_image = self.n_filters * self.conv_shape[0] * self.conv_shape[1]
+        return max(1, _CHUNK_ELEMENTS // per_image)
+
+    def _features_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        z = self._conv(x)  # (m, n_filters, H_c, W_c), a fresh tensor: safe to modify in place
         if self.bias is not None:
-            z = z + self.bias[:, None, None]
-        h = self._act(z)
+            z.add_(self.bias[:, None, None])
+        h = z.relu_() if self.activation == "relu" else self._act(z)
         ps = self.pool_stride or self.pool_size
         if self.pool == "avg":
             h = F.avg_pool2d(h, self.pool_size, stride=ps)
         elif self.pool == "max":
             h = F.max_pool2d(h, self.pool_size, stride=ps)
-        return h.reshape(h.shape[0], -1)  # (n, n_filters·H_p·W_p)
+        return h.reshape(h.shape[0], -1)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -188,6 +214,7 @@ class RandomConvFeatures(FeatureMap):
             "padding": self.padding,
             "activation": self.activation,
             "bias": self.use_bias,
+            "bias_scale": self.bias_scale,
             "pool": self.pool,
             "pool_size": self.pool_size,
             "pool_stride": self.pool_stride,

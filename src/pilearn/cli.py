@@ -1,0 +1,54 @@
+"""The ``pilearn`` command: ``pilearn bench [SUITE] --scale smoke|small|full --out DIR --device DEV``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .experiments import SUITES
+
+    p = argparse.ArgumentParser(prog="pilearn", description="Pseudoinverse learning: closed-form models and benchmarks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help="run a benchmark suite (all suites when none is named)")
+    b.add_argument("suite", nargs="?", choices=sorted(SUITES), help="suite to run (default: every suite)")
+    b.add_argument("--scale", choices=("smoke", "small", "full"), default="small",
+                   help="smoke: seconds (CI-sized); small: a few CPU minutes (default); full: a GPU")
+    b.add_argument("--out", type=Path, default=None, help="output folder (default runs/<suite>-<time>/)")
+    b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--datasets", nargs="+", default=None, help="override the suite's datasets")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``pilearn`` console script."""
+    from .experiments import SUITES
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            print(f"pilearn: --device {args.device} asked for, but torch sees no CUDA device", file=sys.stderr)
+            return 2
+    suites = [args.suite] if args.suite else sorted(SUITES)
+    command = "pilearn " + " ".join(shlex.quote(a) for a in argv)
+    for name in suites:
+        make_config, run = SUITES[name]
+        overrides = {"device": args.device, "seed": args.seed}
+        if args.out is not None:
+            overrides["out"] = args.out if len(suites) == 1 else args.out / name
+        if args.datasets:
+            overrides["datasets"] = tuple(args.datasets)
+        run(make_config(args.scale, **overrides), command=command)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
