@@ -132,7 +132,7 @@ def test_resume_from_state_dict_equals_uninterrupted(generator):
 
 def test_load_state_dict_checks_shapes():
     state = RidgeStats(4, 2).update(torch.ones(5, 4), torch.ones(5, 2)).state_dict()
-    with pytest.raises(ValueError, match="must have shape"):
+    with pytest.raises(ValueError, match=r"\(n_features, n_targets\) = \(4, 2\), these have \(5, 2\)"):
         RidgeStats(5, 2).load_state_dict(state)
 
 

@@ -40,7 +40,7 @@ def save_estimator(est: Any, path: str | os.PathLike, *, include_stats: bool = F
     tensors = {"coef": torch.as_tensor(est.coef_).contiguous(), "intercept": torch.as_tensor(est.intercept_).contiguous()}
     if include_stats:
         for name, t in est.stats_.state_dict().items():
-            tensors[f"stats.{name}"] = t.detach().cpu().contiguous().reshape(t.shape)
+            tensors[f"stats.{name}"] = t.detach().cpu().contiguous()
     meta = {
         "format": FORMAT,
         "pilearn_version": __version__,
@@ -98,7 +98,7 @@ def load_estimator(cls: type, path: str | os.PathLike, *, device: str | None = N
         est._binarizer = LabelBinarizer().fit(est.classes_)
     if "y_ndim" in meta:
         est._y_ndim = int(meta["y_ndim"])
-    if "stats.G" in tensors:
+    if "stats.M" in tensors:
         stats = RidgeStats(est.coef_.shape[0], est.coef_.shape[1], device=est.device)
         stats.load_state_dict({k[len("stats."):]: v for k, v in tensors.items() if k.startswith("stats.")})
         est.stats_ = stats

@@ -125,7 +125,7 @@ class _BasePIL(BaseEstimator):
         """``input_scale='auto'``: 1/RMS(X) (sample-weighted), so random pre-activations have unit variance."""
         if not isinstance(self.input_scale, str):
             return float(self.input_scale)
-        row_ms = np.mean(np.square(X, dtype=np.float64), axis=1)
+        row_ms = np.einsum("ij,ij->i", X, X, dtype=np.float64) / X.shape[1]  # no float64 copy of X
         total = 0.0 if sample_weight is None else float(np.sum(sample_weight))
         rms = float(np.sqrt(np.average(row_ms, weights=sample_weight if total > 0 else None)))
         return 1.0 / rms if rms > 0 else 1.0

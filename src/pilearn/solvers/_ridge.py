@@ -69,7 +69,8 @@ class RidgePath:
     coefs: torch.Tensor | None = None
 
 
-def _as_2d_float(name: str, x: object, device: torch.device) -> torch.Tensor:
+def _as_2d(name: str, x: object, device: torch.device) -> torch.Tensor:
+    """Validate a batch (2-D, real, finite) and move it to ``device``; the dtype is kept."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x if x.flags.writeable else x.copy())
     if not isinstance(x, torch.Tensor):
@@ -80,24 +81,33 @@ def _as_2d_float(name: str, x: object, device: torch.device) -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D (n_samples, n_columns), got shape {tuple(x.shape)}")
     if not (x.is_floating_point() or x.dtype in (torch.int64, torch.int32, torch.uint8, torch.bool)):
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
-    x = x.detach()
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    x = x.detach().to(device)
+    # one float64-accumulated pass: a NaN or ±Inf anywhere makes the sum non-finite
+    if x.is_floating_point() and not bool(torch.isfinite(x.sum(dtype=_F64))):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the data before fitting")
-    return x.to(device=device, dtype=_F64)
+        if bad:
+            raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the data before fitting")
+    return x
 
 
 class RidgeStats:
     """Streaming sufficient statistics of a multi-output weighted ridge regression.
 
-    Holds G = HᵀDH (lower triangle), C = HᵀDY, the weighted column sums of H and Y, the weighted
-    per-column ‖Y‖², the total weight n and the row count, all in float64 (the precision policy:
-    features may be float32, their Gram is accumulated and solved in float64). Memory is
-    O(d² + d·k), independent of the number of rows streamed.
+    One float64 matrix holds every statistic: the Gram of the augmented rows [h, y, 1]·√w,
 
-    While fewer rows than features have been seen, the rows themselves are kept instead of G
+        M = [[HᵀDH,  ·,     · ],
+             [YᵀDH,  YᵀDY,  · ],
+             [1ᵀDH,  1ᵀDY,  1ᵀD1]]      (lower triangle; D = diag(w)),
+
+    so G = HᵀDH, C = HᵀDY, the weighted column sums of H and Y, the per-column ‖Y‖² and the
+    total weight n all come from one symmetric rank-k update (BLAS ``syrk``) per batch: the
+    cross-products and sums cost (d+k+1)²/d² − 1 ≈ 2k/d extra instead of separate passes over H.
+    Memory is O((d + k)²), independent of the number of rows streamed. Features may be float32;
+    they are accumulated and solved in float64 (the precision policy).
+
+    While no more rows than features have been seen, the rows themselves are kept instead of M
     (``dual=True``), and :meth:`solve` uses the dual form W = H̃ᵀ(H̃H̃ᵀ + λI)⁻¹Ỹ (n × n); the
-    first update that makes n exceed d forms G from them and drops them.
+    first update that makes n exceed d folds them into M and drops them.
 
     Args:
         n_features: d, the width of H.
@@ -130,16 +140,69 @@ class RidgeStats:
         self.n_targets = int(n_targets)
         self.fit_intercept = bool(fit_intercept)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        d, k, dev = self.n_features, self.n_targets, self.device
-        self.G = torch.zeros(d, d, dtype=_F64, device=dev)
-        self.C = torch.zeros(d, k, dtype=_F64, device=dev)
-        self.h_sum = torch.zeros(d, dtype=_F64, device=dev)
-        self.y_sum = torch.zeros(k, dtype=_F64, device=dev)
-        self.yy = torch.zeros(k, dtype=_F64, device=dev)
-        self.n = 0.0  # total sample weight
+        D = self.n_features + self.n_targets + 1
+        self.M = torch.zeros(D, D, dtype=_F64, device=self.device)
         self.n_rows = 0
-        # rows kept for the dual form: lists of (H, Y, w) or None once G holds them
+        # rows kept for the dual form: (H, Y, w) in float64, or None once M holds them
         self._rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = [] if dual else None
+
+    # ------------------------------------------------------------------ views of M
+    @property
+    def G(self) -> torch.Tensor:
+        """HᵀDH, lower triangle (zeros above); a view of M. Folds kept rows in first."""
+        self._flush_rows()
+        d = self.n_features
+        return self.M[:d, :d]
+
+    @property
+    def C(self) -> torch.Tensor:
+        """HᵀDY (d, k); a view of M. Folds kept rows in first."""
+        self._flush_rows()
+        d, k = self.n_features, self.n_targets
+        return self.M[d : d + k, :d].T
+
+    def _sums(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """(Σ w h (d,), Σ w y (k,), Σ w y² (k,), Σ w), from M or from the kept rows."""
+        d, k = self.n_features, self.n_targets
+        if self._rows is not None:
+            h = torch.zeros(d, dtype=_F64, device=self.device)
+            y = torch.zeros(k, dtype=_F64, device=self.device)
+            yy = torch.zeros(k, dtype=_F64, device=self.device)
+            n = 0.0
+            for H, Y, w in self._rows:
+                if w is None:
+                    h += H.sum(0)
+                    y += Y.sum(0)
+                    yy += (Y * Y).sum(0)
+                    n += H.shape[0]
+                else:
+                    h += w @ H
+                    y += w @ Y
+                    yy += w @ (Y * Y)
+                    n += float(w.sum())
+            return h, y, yy, n
+        last = self.M[-1]
+        return last[:d], last[d : d + k], self.M[d : d + k, d : d + k].diagonal(), float(last[-1])
+
+    @property
+    def h_sum(self) -> torch.Tensor:
+        """Σᵢ wᵢhᵢ (d,)."""
+        return self._sums()[0]
+
+    @property
+    def y_sum(self) -> torch.Tensor:
+        """Σᵢ wᵢyᵢ (k,)."""
+        return self._sums()[1]
+
+    @property
+    def yy(self) -> torch.Tensor:
+        """Σᵢ wᵢyᵢ² per target column (k,)."""
+        return self._sums()[2]
+
+    @property
+    def n(self) -> float:
+        """Σᵢ wᵢ, the total sample weight (the row count when unweighted)."""
+        return self._sums()[3]
 
     # ------------------------------------------------------------------ streaming
     def update(self, H: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None = None) -> "RidgeStats":
@@ -153,8 +216,8 @@ class RidgeStats:
         Returns:
             self.
         """
-        H = _as_2d_float("H", H, self.device)
-        Y = _as_2d_float("Y", Y, self.device)
+        H = _as_2d("H", H, self.device)
+        Y = _as_2d("Y", Y, self.device)
         if H.shape[1] != self.n_features:
             raise ValueError(f"H must have {self.n_features} columns (n_features), got shape {tuple(H.shape)}")
         if Y.shape[1] != self.n_targets:
@@ -164,10 +227,9 @@ class RidgeStats:
         if H.shape[0] == 0:
             raise ValueError("H is empty (0 rows); every batch must hold at least one sample")
         w = self._check_weight(sample_weight, H.shape[0])
-        self._add_sums(H, Y, w, sign=1.0)
         self.n_rows += H.shape[0]
         if self._rows is not None and self.n_rows <= self.n_features:
-            self._rows.append((H, Y, w))
+            self._rows.append((H.to(_F64), Y.to(_F64), w))
             return self
         self._flush_rows()
         self._accumulate(H, Y, w, sign=1.0)
@@ -187,34 +249,27 @@ class RidgeStats:
             raise ValueError("sample_weight must be finite and non-negative")
         return w
 
-    def _add_sums(self, H: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, sign: float) -> None:
-        if w is None:
-            self.h_sum += sign * H.sum(0)
-            self.y_sum += sign * Y.sum(0)
-            self.yy += sign * (Y * Y).sum(0)
-            self.n += sign * H.shape[0]
-        else:
-            self.h_sum += sign * (w @ H)
-            self.y_sum += sign * (w @ Y)
-            self.yy += sign * (w @ (Y * Y))
-            self.n += sign * float(w.sum())
+    def _augmented(self, H: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+        """The rows [h, y, 1]·√w in float64: (n, d + k + 1)."""
+        d, k = self.n_features, self.n_targets
+        A = torch.empty(H.shape[0], d + k + 1, dtype=_F64, device=self.device)
+        A[:, :d] = H  # the float32 → float64 cast happens in this copy
+        A[:, d : d + k] = Y
+        A[:, -1] = 1.0
+        if w is not None:
+            A *= w.sqrt()[:, None]
+        return A
 
     def _accumulate(self, H: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, sign: float) -> None:
-        """G += sign·HᵀDH (lower triangle), C += sign·HᵀDY."""
-        if w is not None:
-            Hw = H * w.sqrt()[:, None]
-            self.C.addmm_(H.T, Y * w[:, None], alpha=sign)
-        else:
-            Hw = H
-            self.C.addmm_(H.T, Y, alpha=sign)
+        """M += sign · AᵀA (lower triangle) for the augmented rows A."""
+        A = self._augmented(H, Y, w)
         if sign > 0:
-            gram_update_(self.G, Hw)
+            gram_update_(self.M, A)
         else:
-            tmp = gram_update_(torch.zeros_like(self.G), Hw)
-            self.G -= tmp
+            self.M -= gram_update_(torch.zeros_like(self.M), A)
 
     def _flush_rows(self) -> None:
-        """Fold the kept rows into G and C, and stop keeping rows."""
+        """Fold the kept rows into M, and stop keeping rows."""
         if self._rows is None:
             return
         rows, self._rows = self._rows, None
@@ -241,11 +296,18 @@ class RidgeStats:
         """A deep copy."""
         out = RidgeStats(self.n_features, self.n_targets, fit_intercept=self.fit_intercept, dual=False,
                          device=self.device)
-        for name in ("G", "C", "h_sum", "y_sum", "yy"):
-            getattr(out, name).copy_(getattr(self, name))
-        out.n, out.n_rows = self.n, self.n_rows
+        out.M.copy_(self.M)
+        out.n_rows = self.n_rows
         out._rows = None if self._rows is None else list(self._rows)
         return out
+
+    def _folded_M(self) -> torch.Tensor:
+        """M with any kept rows folded in, without changing self."""
+        if self._rows is None:
+            return self.M
+        other = self.copy()
+        other._flush_rows()
+        return other.M
 
     def __iadd__(self, other: "RidgeStats") -> "RidgeStats":
         """Merge: the statistics of the concatenated data."""
@@ -254,14 +316,7 @@ class RidgeStats:
             self._rows = self._rows + other._rows
         else:
             self._flush_rows()
-            other = other.copy()
-            other._flush_rows()
-            self.G += other.G
-            self.C += other.C
-        self.h_sum += other.h_sum
-        self.y_sum += other.y_sum
-        self.yy += other.yy
-        self.n += other.n
+            self.M += other._folded_M()
         self.n_rows += other.n_rows
         return self
 
@@ -274,14 +329,7 @@ class RidgeStats:
         if other.n_rows > self.n_rows:
             raise ValueError(f"cannot remove {other.n_rows} rows from statistics of {self.n_rows} rows")
         self._flush_rows()
-        other = other.copy()
-        other._flush_rows()
-        self.G -= other.G
-        self.C -= other.C
-        self.h_sum -= other.h_sum
-        self.y_sum -= other.y_sum
-        self.yy -= other.yy
-        self.n -= other.n
+        self.M -= other._folded_M()
         self.n_rows -= other.n_rows
         return self
 
@@ -295,23 +343,6 @@ class RidgeStats:
         removed.update(H, Y, sample_weight)
         return self.__isub__(removed)
 
-    def _flat(self) -> torch.Tensor:
-        parts = [self.G.reshape(-1), self.C.reshape(-1), self.h_sum, self.y_sum, self.yy,
-                 torch.tensor([self.n, float(self.n_rows)], dtype=_F64, device=self.device)]
-        return torch.cat(parts)
-
-    def _unflat(self, flat: torch.Tensor) -> None:
-        d, k = self.n_features, self.n_targets
-        sizes = [d * d, d * k, d, k, k, 2]
-        G, C, hs, ys, yy, counts = torch.split(flat, sizes)
-        self.G.copy_(G.view(d, d))
-        self.C.copy_(C.view(d, k))
-        self.h_sum.copy_(hs)
-        self.y_sum.copy_(ys)
-        self.yy.copy_(yy)
-        self.n = float(counts[0])
-        self.n_rows = int(round(float(counts[1])))
-
     def all_reduce(self, group: object | None = None) -> "RidgeStats":
         """Sum the statistics of every rank of ``torch.distributed`` (one collective), in place.
 
@@ -323,9 +354,11 @@ class RidgeStats:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("all_reduce needs torch.distributed to be initialized (dist.init_process_group)")
         self._flush_rows()
-        flat = self._flat()
+        count = torch.tensor([float(self.n_rows)], dtype=_F64, device=self.device)
+        flat = torch.cat([self.M.reshape(-1), count])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-        self._unflat(flat)
+        self.M.copy_(flat[:-1].view_as(self.M))
+        self.n_rows = int(round(float(flat[-1])))
         return self
 
     # ------------------------------------------------------------------ solving
@@ -341,18 +374,21 @@ class RidgeStats:
             stats._flush_rows()
             return stats.centered()
         G = symmetrize(self.G)
-        C, yy = self.C.clone(), self.yy.clone()
+        C = self.C.clone()
+        h_sum, y_sum, yy, n = self._sums()
+        yy = yy.clone()
         if self.fit_intercept:
-            h_mean, y_mean = self.h_sum / self.n, self.y_sum / self.n
-            G -= self.n * torch.outer(h_mean, h_mean)
-            C -= self.n * torch.outer(h_mean, y_mean)
-            yy -= self.n * y_mean * y_mean
+            h_mean, y_mean = h_sum / n, y_sum / n
+            G -= n * torch.outer(h_mean, h_mean)
+            C -= n * torch.outer(h_mean, y_mean)
+            yy -= n * y_mean * y_mean
         return G, C, yy
 
     def _intercept(self, coef: torch.Tensor) -> torch.Tensor:
         if not self.fit_intercept:
             return torch.zeros(self.n_targets, dtype=_F64, device=self.device)
-        return (self.y_sum - self.h_sum @ coef) / self.n
+        h_sum, y_sum, _, n = self._sums()
+        return (y_sum - h_sum @ coef) / n
 
     @staticmethod
     def _check_lam(lam: object, name: str = "lam") -> float:
@@ -459,8 +495,9 @@ class RidgeStats:
         w = torch.cat([r[2] if r[2] is not None else torch.ones(r[0].shape[0], dtype=_F64, device=self.device)
                        for r in self._rows])
         if self.fit_intercept:
-            H = H - self.h_sum / self.n
-            Y = Y - self.y_sum / self.n
+            h_sum, y_sum, _, n = self._sums()
+            H = H - h_sum / n
+            Y = Y - y_sum / n
         sw = w.sqrt()[:, None]
         return H * sw, Y * sw
 
@@ -491,49 +528,49 @@ class RidgeStats:
         if self._rows is not None:
             A, _ = self._kept_rows()
             return float((A * A).sum())
+        h_sum, _, _, n = self._sums()
         tr = float(self.G.diagonal().sum())
         if self.fit_intercept:
-            tr -= float(self.h_sum @ self.h_sum) / self.n
+            tr -= float(h_sum @ h_sum) / n
         return tr
 
     def _sse(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Weighted Σ‖y − hW − b‖² over the rows of these statistics, from G, C and sums alone."""
-        stats = self
-        if self._rows is not None:
-            stats = self.copy()
-            stats._flush_rows()
-        G = symmetrize(stats.G)
-        quad = (W * (G @ W)).sum()
-        cross = (W * stats.C).sum()
-        return (stats.yy.sum() - 2 * cross - 2 * (b @ stats.y_sum) + quad
-                + 2 * (b @ (stats.h_sum @ W)) + stats.n * (b @ b))
+        """Weighted Σ‖y − hW − b‖² over the rows of these statistics, from M alone.
+
+        The residual of target j is [h, y, 1]·aⱼ with aⱼ = [−wⱼ; eⱼ; −bⱼ], so the sum is tr(AᵀMA)
+        for A = [−W; I; −bᵀ] (D × k) and the full symmetric M.
+        """
+        d, k = self.n_features, self.n_targets
+        M = symmetrize(self._folded_M())
+        A = torch.cat([-W, torch.eye(k, dtype=_F64, device=self.device), -b[None, :]])
+        return (A * (M @ A)).sum()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors that fully describe the statistics (kept rows are folded into G first)."""
+        """Tensors that fully describe the statistics (kept rows are folded into M first)."""
         self._flush_rows()
         return {
-            "G": self.G.clone(), "C": self.C.clone(), "h_sum": self.h_sum.clone(),
-            "y_sum": self.y_sum.clone(), "yy": self.yy.clone(),
-            "n": torch.tensor(self.n, dtype=_F64),
+            "M": self.M.clone(),
             "n_rows": torch.tensor(self.n_rows, dtype=torch.int64),
+            "shape": torch.tensor([self.n_features, self.n_targets], dtype=torch.int64),
             "fit_intercept": torch.tensor(self.fit_intercept),
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> "RidgeStats":
         """Restore statistics written by :meth:`state_dict` (shapes must match)."""
-        expected = {"G": (self.n_features, self.n_features), "C": (self.n_features, self.n_targets),
-                    "h_sum": (self.n_features,), "y_sum": (self.n_targets,), "yy": (self.n_targets,)}
-        for name, shape in expected.items():
-            if name not in state:
-                raise KeyError(f"state_dict lacks {name!r}")
-            if tuple(state[name].shape) != shape:
-                raise ValueError(f"state_dict[{name!r}] must have shape {shape}, got {tuple(state[name].shape)}")
-            getattr(self, name).copy_(state[name])
+        for key in ("M", "n_rows", "shape", "fit_intercept"):
+            if key not in state:
+                raise KeyError(f"state_dict lacks {key!r}")
+        shape = tuple(int(v) for v in state["shape"])
+        if shape != (self.n_features, self.n_targets):
+            raise ValueError(f"state_dict holds statistics of (n_features, n_targets) = {shape}, "
+                             f"these have {(self.n_features, self.n_targets)}")
+        if tuple(state["M"].shape) != tuple(self.M.shape):
+            raise ValueError(f"state_dict['M'] must have shape {tuple(self.M.shape)}, got {tuple(state['M'].shape)}")
         if bool(state["fit_intercept"]) != self.fit_intercept:
             raise ValueError(f"state_dict has fit_intercept={bool(state['fit_intercept'])}, "
                              f"these statistics have {self.fit_intercept}")
-        self.n = float(state["n"])
+        self.M.copy_(state["M"])
         self.n_rows = int(state["n_rows"])
         self._rows = None
         return self
