@@ -1,3 +1,4 @@
+import json
 import math
 import re
 
@@ -5,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pilearn.features import RandomConvFeatures, get_activation, random_matrix
+import pilearn.features._conv as conv_module
+from pilearn.features import RandomConvFeatures, feature_map_from_config, get_activation, random_matrix
 
 
 def _pool_reference(h: torch.Tensor, pool: str, size: int, stride: int) -> torch.Tensor:
@@ -147,3 +149,38 @@ def test_bad_arguments_raise_value_error(kwargs, match):
     kwargs = {"in_shape": (3, 6, 6), "n_filters": 2, "kernel_size": 3, **kwargs}
     with pytest.raises(ValueError, match=match):
         RandomConvFeatures(**kwargs)
+
+
+@pytest.mark.parametrize("normalize_patches", [False, True])
+def test_chunked_forward_matches_reference(normalize_patches, monkeypatch, generator):
+    # A tiny chunk budget forces many chunks (and a ragged last one); rows must not mix between chunks.
+    m = RandomConvFeatures((1, 9, 9), n_filters=3, kernel_size=3, pool="max", normalize_patches=normalize_patches,
+                           dtype=torch.float64)
+    monkeypatch.setattr(conv_module, "_CHUNK_ELEMENTS", 2 * 3 * 7 * 7)  # two images per chunk
+    assert m._chunk_rows() == 2
+    x = torch.rand(7, 81, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(m(x), _reference(m, x), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_bias_scale_draws_from_scaled_interval(activation, generator):
+    m1 = RandomConvFeatures((1, 8, 8), n_filters=50, kernel_size=3, seed=2, dtype=torch.float64,
+                            activation=activation)
+    m2 = RandomConvFeatures((1, 8, 8), n_filters=50, kernel_size=3, seed=2, dtype=torch.float64,
+                            activation=activation, bias_scale=0.25)
+    torch.testing.assert_close(m2.bias, 0.25 * m1.bias)  # same U(-1, 1) draw, rescaled
+    assert torch.equal(m2.weight, m1.weight)
+    assert m2.bias.abs().max() <= 0.25
+    x = torch.rand(4, 64, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(m2(x), _reference(m2, x), atol=1e-10, rtol=1e-10)
+
+
+def test_bias_scale_round_trips_and_is_validated():
+    m = RandomConvFeatures((1, 8, 8), n_filters=4, kernel_size=3, bias_scale=0.5, normalize_patches=True, seed=3)
+    cfg = json.loads(json.dumps(m.get_config()))
+    assert cfg["bias_scale"] == 0.5
+    m2 = feature_map_from_config(cfg)
+    assert torch.equal(m2.bias, m.bias) and torch.equal(m2.weight, m.weight)
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="bias_scale"):
+            RandomConvFeatures((1, 8, 8), n_filters=4, kernel_size=3, bias_scale=bad)
