@@ -85,6 +85,25 @@ def test_auto_lam_is_the_gcv_minimizer(digits):
     assert np.isfinite(path.gcv.numpy()).any()
 
 
+def test_holdout_lam_minimizes_holdout_error(digits):
+    X, y, Xt, yt = digits
+    clf = PILClassifier(n_hidden=300, lam="holdout", lam_grid=(1e-6, 1e-4, 1e-2, 1.0), random_state=0).fit(X, y)
+    hold = np.random.default_rng(clf.seed_).random(len(X)) < 0.1
+    T = (y[:, None] == clf.classes_[None, :]).astype(float)
+    H = clf.hidden_features(X).astype(np.float64)
+    errors = {}
+    for rel, err in clf.lam_path_.items():  # brute force: refit on the kept rows, score the held-out ones
+        Hc = H[~hold] - H[~hold].mean(0)
+        lam = rel * (Hc * Hc).sum() / H.shape[1]
+        ridge = Ridge(alpha=lam).fit(H[~hold], T[~hold])
+        errors[rel] = float(((ridge.predict(H[hold]) - T[hold]) ** 2).mean())
+        assert err == pytest.approx(errors[rel], rel=1e-6)
+    assert clf.lam_relative_ == min(errors, key=errors.get)
+    assert clf.score(Xt, yt) > 0.95
+    with pytest.raises(ValueError, match="partial_fit needs lam to be a float or 'auto'"):
+        PILClassifier(lam="holdout").partial_fit(X, y, classes=np.arange(10))
+
+
 def test_conv_features_for_images(digits):
     X, y, Xt, yt = digits
     clf = PILClassifier(features="conv", image_shape=(1, 8, 8), random_state=0).fit(X, y)
@@ -172,7 +191,9 @@ def test_pickle_round_trip(digits):
 @pytest.mark.parametrize(
     "params,match",
     [
-        ({"lam": -1.0}, "lam must be a float >= 0 or 'auto', got -1.0"),
+        ({"lam": -1.0}, "lam must be a float >= 0, 'auto' or 'holdout', got -1.0"),
+        ({"lam": "gcv"}, "lam must be a float >= 0, 'auto' or 'holdout', got 'gcv'"),
+        ({"validation_fraction": 1.5}, r"validation_fraction must be a float in \(0, 1\), got 1.5"),
         ({"n_hidden": 0}, "n_hidden must be a positive int, got 0"),
         ({"features": "wavelet"}, "features must be 'dense', 'bipil', 'conv'"),
         ({"dtype": "float16"}, r"dtype must be one of \('float32', 'float64'\), got 'float16'"),

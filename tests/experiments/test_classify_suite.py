@@ -26,7 +26,7 @@ def test_bench_classify_smoke_writes_results_table_and_plot(tmp_path):
     assert results["gram_floor"]["fit_over_floor"] > 0
     assert [m["n"] for m in results["memory_scan"]] == [500, 1347]
     md = (out / "results.md").read_text()
-    assert "| PIL dense d=256 |" in md and "fit / floor" in md
+    assert "| PIL dense d=256 (λ by GCV) |" in md and "× the floor" in md
     assert (out / "accuracy_vs_time.png").stat().st_size > 10_000
 
 

@@ -50,6 +50,7 @@ def save_estimator(est: Any, path: str | os.PathLike, *, include_stats: bool = F
         "seed": est.seed_,
         "input_scale": est.input_scale_,
         "lam": est.lam_,
+        "lam_relative": getattr(est, "lam_relative_", None),
         "solver": est.solver_,
         "n_features_in": int(est.n_features_in_),
     }
@@ -88,6 +89,8 @@ def load_estimator(cls: type, path: str | os.PathLike, *, device: str | None = N
     est.seed_ = int(meta["seed"])
     est.input_scale_ = float(meta["input_scale"])
     est.lam_ = float(meta["lam"])
+    if meta.get("lam_relative") is not None:
+        est.lam_relative_ = float(meta["lam_relative"])
     est.solver_ = meta["solver"]
     est.n_features_in_ = int(meta["n_features_in"])
     est.feature_map_ = feature_map_from_config(meta["feature_map"], device=est.device)

@@ -32,6 +32,8 @@ __all__ = ["PILClassifier", "PILRegressor", "DEFAULT_LAM_GRID"]
 
 #: λ/(tr(G̃)/d) candidates for ``lam="auto"``: λ relative to the mean eigenvalue of the centred Gram.
 DEFAULT_LAM_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-8, 2, 21))
+#: candidates for ``lam="holdout"`` (one Cholesky each, scanned from the largest down)
+DEFAULT_HOLDOUT_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-7, 1, 9))
 
 FeatureKind = Literal["dense", "bipil", "conv"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -55,8 +57,9 @@ class _BasePIL(BaseEstimator):
         fusion: Literal["concat", "add", "single"] = "concat",
         image_shape: tuple[int, int, int] | None = None,
         input_scale: float | Literal["auto"] = "auto",
-        lam: float | Literal["auto"] = "auto",
+        lam: float | Literal["auto", "holdout"] = "auto",
         lam_grid: tuple[float, ...] | None = None,
+        validation_fraction: float = 0.1,
         batch_size: int = 4096,
         device: str = "cpu",
         dtype: Literal["float32", "float64"] = "float32",
@@ -71,6 +74,7 @@ class _BasePIL(BaseEstimator):
         self.input_scale = input_scale
         self.lam = lam
         self.lam_grid = lam_grid
+        self.validation_fraction = validation_fraction
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
@@ -82,11 +86,16 @@ class _BasePIL(BaseEstimator):
             raise ValueError(f"n_hidden must be a positive int, got {self.n_hidden!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
-        if not (isinstance(self.lam, str) and self.lam == "auto"):
-            if isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real):
-                raise ValueError(f"lam must be a float >= 0 or 'auto', got {self.lam!r}")
-            if not np.isfinite(self.lam) or self.lam < 0:
-                raise ValueError(f"lam must be a float >= 0 or 'auto', got {self.lam!r}")
+        if isinstance(self.lam, str):
+            if self.lam not in ("auto", "holdout"):
+                raise ValueError(f"lam must be a float >= 0, 'auto' or 'holdout', got {self.lam!r}")
+        elif isinstance(self.lam, bool) or not isinstance(self.lam, numbers.Real) or not (
+            np.isfinite(self.lam) and self.lam >= 0
+        ):
+            raise ValueError(f"lam must be a float >= 0, 'auto' or 'holdout', got {self.lam!r}")
+        vf = self.validation_fraction
+        if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 < vf < 1:
+            raise ValueError(f"validation_fraction must be a float in (0, 1), got {vf!r}")
         if not (isinstance(self.input_scale, str) and self.input_scale == "auto"):
             if isinstance(self.input_scale, bool) or not isinstance(self.input_scale, numbers.Real) or not (
                 np.isfinite(self.input_scale) and self.input_scale > 0
@@ -187,6 +196,25 @@ class _BasePIL(BaseEstimator):
         self.feature_map_ = self._build_feature_map(X.shape[1], self.seed_)
         self.stats_ = RidgeStats(self.feature_map_.out_features, n_targets, device=self.device)
 
+    def _fit_stats(self, X: np.ndarray, T: np.ndarray, sample_weight: np.ndarray | None) -> None:
+        """Accumulate all rows and solve; with ``lam='holdout'`` a seeded ``validation_fraction`` of
+        the rows is also accumulated apart, to choose λ, before the final solve on every row."""
+        if self.lam != "holdout":
+            self._accumulate(X, T, sample_weight)
+            self._solve()
+            return
+        hold = np.random.default_rng(self.seed_).random(X.shape[0]) < self.validation_fraction
+        if hold.sum() < 1 or (~hold).sum() < 1:
+            raise ValueError(f"lam='holdout' needs rows on both sides of the split; with {X.shape[0]} samples and "
+                             f"validation_fraction={self.validation_fraction} one side is empty")
+        sw = (lambda m: None) if sample_weight is None else (lambda m: sample_weight[m])
+        self._accumulate(X[hold], T[hold], sw(hold))
+        held = self.stats_
+        self.stats_ = RidgeStats(held.n_features, held.n_targets, device=self.device)
+        self._accumulate(X[~hold], T[~hold], sw(~hold))
+        self.stats_ += held
+        self._solve(holdout=held)
+
     def _accumulate(self, X: np.ndarray, T: np.ndarray, sample_weight: np.ndarray | None, sign: int = 1) -> None:
         if sign > 0:
             for H, Tb, wb in self._transform_batches(X, T, sample_weight):
@@ -197,14 +225,43 @@ class _BasePIL(BaseEstimator):
                 removed.update(H, Tb, wb)
             self.stats_ -= removed
 
-    def _solve(self) -> None:
+    def _lam_scale(self, stats: RidgeStats) -> float:
+        """tr(G̃)/d, the mean eigenvalue of the centred Gram: relative λ grids are multiples of it."""
+        return max(stats.gram_trace() / stats.n_features, np.finfo(float).tiny)
+
+    def _select_holdout(self, train: RidgeStats, hold: RidgeStats) -> float:
+        """Relative λ minimizing the hold-out MSE: one Cholesky per candidate, from the largest down,
+        stopping once the error has risen twice in a row (the error is unimodal in λ in practice)."""
+        scale = self._lam_scale(train)
+        grid = sorted(self.lam_grid if self.lam_grid is not None else DEFAULT_HOLDOUT_GRID, reverse=True)
+        path: dict[float, float] = {}
+        best, rises, prev = None, 0, np.inf
+        for rel in grid:
+            sol = train.solve(rel * scale)
+            mse = float(hold._sse(sol.coef, sol.intercept)) / (hold.n * hold.n_targets)
+            path[float(rel)] = mse
+            if best is None or mse < path[best]:
+                best = float(rel)
+            rises = rises + 1 if mse > prev else 0
+            prev = mse
+            if rises >= 2:
+                break
+        self.lam_path_ = path
+        return best
+
+    def _solve(self, holdout: RidgeStats | None = None) -> None:
+        """Solve for λ: given, by GCV (``'auto'``), or by hold-out (``'holdout'``, λ kept relative to tr(G̃)/d)."""
         stats = self.stats_
-        if isinstance(self.lam, str):  # "auto": GCV over λ relative to the mean eigenvalue of G̃
-            scale = max(stats.gram_trace() / stats.n_features, np.finfo(float).tiny)
+        if self.lam == "auto":  # GCV over λ relative to the mean eigenvalue of G̃
+            scale = self._lam_scale(stats)
             grid = np.asarray(self.lam_grid if self.lam_grid is not None else DEFAULT_LAM_GRID, dtype=float)
             path = stats.solve_path(torch.as_tensor(grid * scale))
             self.lam_path_ = path
             lam = path.best_lam
+        elif self.lam == "holdout":
+            if holdout is not None:
+                self.lam_relative_ = self._select_holdout(stats - holdout, holdout)
+            lam = self.lam_relative_ * self._lam_scale(stats)
         else:
             lam = float(self.lam)
         sol = stats.solve(lam)
@@ -267,6 +324,11 @@ class _BasePIL(BaseEstimator):
         return load_estimator(cls, path, device=device)
 
 
+def _no_holdout_streaming(est: _BasePIL) -> None:
+    if est.lam == "holdout":
+        raise ValueError("lam='holdout' chooses λ inside fit; partial_fit needs lam to be a float or 'auto' (GCV)")
+
+
 def _check_X_y(est: _BasePIL, X: Any, y: Any, reset: bool, multi_output: bool):
     if y is None:
         raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None")
@@ -300,9 +362,14 @@ class PILClassifier(ClassifierMixin, _BasePIL):
             ``partial_fit`` call; ``forget`` keeps it), stored in ``input_scale_``, so the pre-activations
             have unit variance. Not used by ``'conv'`` or a given FeatureMap. Fix it to a float to make
             ``partial_fit`` over batches equal ``fit`` on their union.
-        lam: ridge λ (absolute, like scikit-learn's ``alpha``), or ``'auto'``: generalized
-            cross-validation over ``lam_grid · tr(G̃)/d`` from one eigendecomposition.
-        lam_grid: relative λ candidates for ``lam='auto'`` (default ``DEFAULT_LAM_GRID``).
+        lam: ridge λ (absolute, like scikit-learn's ``alpha``); ``'auto'``: generalized
+            cross-validation over ``lam_grid · tr(G̃)/d`` from one eigendecomposition (O(d³), about 13 s at
+            d = 4,096 on 2 cores); ``'holdout'``: a seeded ``validation_fraction`` of the rows is held out
+            in a second RidgeStats and λ minimizes its error, one Cholesky per candidate (for large d),
+            then the final solve uses every row. ``forget`` keeps the relative λ chosen by ``fit``.
+        lam_grid: relative λ candidates (defaults ``DEFAULT_LAM_GRID`` for ``'auto'``,
+            ``DEFAULT_HOLDOUT_GRID`` for ``'holdout'``).
+        validation_fraction: share of rows held out by ``lam='holdout'``.
         batch_size: rows per streamed batch (bounds memory: O(d² + batch_size·d)).
         device: torch device for features and statistics.
         dtype: feature dtype (the Gram and the solve are float64 regardless).
@@ -324,8 +391,7 @@ class PILClassifier(ClassifierMixin, _BasePIL):
             raise ValueError(f"PILClassifier needs samples of at least 2 classes in y; got 1 class: {self.classes_[0]!r}")
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
         self._init_fit(X, len(self.classes_), sw)
-        self._accumulate(X, self._targets(y), sw)
-        self._solve()
+        self._fit_stats(X, self._targets(y), sw)
         return self
 
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> "PILClassifier":
@@ -333,6 +399,7 @@ class PILClassifier(ClassifierMixin, _BasePIL):
         first = not hasattr(self, "stats_")
         if first:
             self._validate_params()
+            _no_holdout_streaming(self)
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit, got None")
             classes = np.unique(np.asarray(classes))
@@ -350,8 +417,7 @@ class PILClassifier(ClassifierMixin, _BasePIL):
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
         if first:
             self._init_fit(X, len(self.classes_), sw)
-        self._accumulate(X, self._targets(y), sw)
-        self._solve()
+        self._fit_stats(X, self._targets(y), sw)
         return self
 
     def forget(self, X: Any, y: Any, sample_weight: Any = None) -> "PILClassifier":
@@ -410,8 +476,7 @@ class PILRegressor(RegressorMixin, _BasePIL):
         self._y_ndim = y.ndim
         Y = y.reshape(len(y), -1).astype(np.float64)
         self._init_fit(X, Y.shape[1], sw)
-        self._accumulate(X, Y, sw)
-        self._solve()
+        self._fit_stats(X, Y, sw)
         return self
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> "PILRegressor":
@@ -419,6 +484,7 @@ class PILRegressor(RegressorMixin, _BasePIL):
         first = not hasattr(self, "stats_")
         if first:
             self._validate_params()
+            _no_holdout_streaming(self)
         X, y = _check_X_y(self, X, y, reset=first, multi_output=True)
         Y = y.reshape(len(y), -1).astype(np.float64)
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
