@@ -203,6 +203,15 @@ def test_non_finite_input_is_rejected(bad):
         RidgeStats(3, 1).update(torch.ones(5, 3), torch.full((5,), bad))
 
 
+def test_unchecked_non_finite_batch_is_refused_at_solve():
+    H = torch.ones(50, 3)
+    H[7, 0] = float("nan")
+    stats = RidgeStats(3, 1).update(torch.randn(10, 3), torch.randn(10))
+    stats.update(H, torch.ones(50), check_finite=False)
+    with pytest.raises(ValueError, match="NaN or infinite statistics"):
+        stats.solve(1.0)
+
+
 @pytest.mark.parametrize(
     "H,Y,match",
     [

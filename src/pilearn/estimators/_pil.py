@@ -218,7 +218,7 @@ class _BasePIL(BaseEstimator):
     def _accumulate(self, X: np.ndarray, T: np.ndarray, sample_weight: np.ndarray | None, sign: int = 1) -> None:
         if sign > 0:
             for H, Tb, wb in self._transform_batches(X, T, sample_weight):
-                self.stats_.update(H, Tb, wb)
+                self.stats_.update(H, Tb, wb, check_finite=False)  # X and y passed validate_data
         else:
             removed = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
             for H, Tb, wb in self._transform_batches(X, T, sample_weight):

@@ -69,7 +69,7 @@ class RidgePath:
     coefs: torch.Tensor | None = None
 
 
-def _as_2d(name: str, x: object, device: torch.device) -> torch.Tensor:
+def _as_2d(name: str, x: object, device: torch.device, check_finite: bool = True) -> torch.Tensor:
     """Validate a batch (2-D, real, finite) and move it to ``device``; the dtype is kept."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x if x.flags.writeable else x.copy())
@@ -82,8 +82,9 @@ def _as_2d(name: str, x: object, device: torch.device) -> torch.Tensor:
     if not (x.is_floating_point() or x.dtype in (torch.int64, torch.int32, torch.uint8, torch.bool)):
         raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
     x = x.detach().to(device)
-    # one float64-accumulated pass: a NaN or ±Inf anywhere makes the sum non-finite
-    if x.is_floating_point() and not bool(torch.isfinite(x.sum(dtype=_F64))):
+    # one pass: a NaN or ±Inf anywhere makes the sum non-finite (an overflowing sum of finite
+    # values only sends us to the exact count below)
+    if check_finite and x.is_floating_point() and not bool(torch.isfinite(x.sum())):
         bad = int((~torch.isfinite(x)).sum())
         if bad:
             raise ValueError(f"{name} contains {bad} NaN or infinite values; clean the data before fitting")
@@ -205,19 +206,23 @@ class RidgeStats:
         return self._sums()[3]
 
     # ------------------------------------------------------------------ streaming
-    def update(self, H: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None = None) -> "RidgeStats":
+    def update(self, H: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None = None, *,
+               check_finite: bool = True) -> "RidgeStats":
         """Add a batch.
 
         Args:
             H: (n, d) features (any float dtype; accumulated in float64).
             Y: (n, k) or (n,) targets.
             sample_weight: (n,) non-negative finite weights, or None for ones.
+            check_finite: reject NaN/Inf in H and Y before they touch the statistics. A caller whose
+                inputs are already checked may skip this pass; :meth:`solve` still refuses
+                non-finite statistics.
 
         Returns:
             self.
         """
-        H = _as_2d("H", H, self.device)
-        Y = _as_2d("Y", Y, self.device)
+        H = _as_2d("H", H, self.device, check_finite)
+        Y = _as_2d("Y", Y, self.device, check_finite)
         if H.shape[1] != self.n_features:
             raise ValueError(f"H must have {self.n_features} columns (n_features), got shape {tuple(H.shape)}")
         if Y.shape[1] != self.n_targets:
@@ -365,6 +370,9 @@ class RidgeStats:
     def _check_nonempty(self) -> None:
         if self.n_rows == 0 or self.n <= 0:
             raise ValueError("RidgeStats holds no data (n_rows=0 or total weight 0); call update() first")
+        if self._rows is None and not bool(torch.isfinite(self.M).all()):
+            raise ValueError("RidgeStats holds NaN or infinite statistics: a batch passed with check_finite=False "
+                             "had non-finite features or targets (e.g. an overflowing feature map)")
 
     def centered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The centred statistics (G̃, C̃, ‖Ỹ‖² per column): full symmetric G̃ = HᵀDH − n h̄h̄ᵀ, etc."""
