@@ -208,8 +208,8 @@ class _BasePIL(BaseEstimator):
             raise ValueError(f"lam='holdout' needs rows on both sides of the split; with {X.shape[0]} samples and "
                              f"validation_fraction={self.validation_fraction} one side is empty")
         sw = (lambda m: None) if sample_weight is None else (lambda m: sample_weight[m])
+        held = self.stats_ = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
         self._accumulate(X[hold], T[hold], sw(hold))
-        held = self.stats_
         self.stats_ = RidgeStats(held.n_features, held.n_targets, device=self.device)
         self._accumulate(X[~hold], T[~hold], sw(~hold))
         self.stats_ += held
@@ -238,7 +238,7 @@ class _BasePIL(BaseEstimator):
         best, rises, prev = None, 0, np.inf
         for rel in grid:
             sol = train.solve(rel * scale)
-            mse = float(hold._sse(sol.coef, sol.intercept)) / (hold.n * hold.n_targets)
+            mse = hold.mse(sol.coef, sol.intercept)
             path[float(rel)] = mse
             if best is None or mse < path[best]:
                 best = float(rel)

@@ -542,16 +542,21 @@ class RidgeStats:
             tr -= float(h_sum @ h_sum) / n
         return tr
 
+    def mse(self, coef: torch.Tensor, intercept: torch.Tensor) -> float:
+        """Mean squared error Σᵢwᵢ‖yᵢ − hᵢW − b‖² / (n·k) of a solution on the rows of these statistics."""
+        self._check_nonempty()
+        return float(self._sse(coef.to(_F64), intercept.to(_F64))) / (self.n * self.n_targets)
+
     def _sse(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Weighted Σ‖y − hW − b‖² over the rows of these statistics, from M alone.
 
         The residual of target j is [h, y, 1]·aⱼ with aⱼ = [−wⱼ; eⱼ; −bⱼ], so the sum is tr(AᵀMA)
         for A = [−W; I; −bᵀ] (D × k) and the full symmetric M.
         """
-        d, k = self.n_features, self.n_targets
-        M = symmetrize(self._folded_M())
-        A = torch.cat([-W, torch.eye(k, dtype=_F64, device=self.device), -b[None, :]])
-        return (A * (M @ A)).sum()
+        k = self.n_targets
+        A = torch.cat([-W, torch.eye(k, dtype=_F64, device=self.device), -b[None, :]])  # (D, k)
+        L = self._folded_M()  # lower triangle: AᵀMA = Σ 2·Aᵀ(L A) − Aᵀdiag(L)A, no symmetrized copy
+        return 2 * (A * (L @ A)).sum() - (A * (L.diagonal()[:, None] * A)).sum()
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
