@@ -20,7 +20,7 @@ setup: .setup-stamp
 	touch $@
 
 bench: setup
-	pilearn bench classify
+	pilearn bench classify --datasets mnist
 
 test: setup
 	$(PYTHON) -m pytest -q

@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--datasets", nargs="+", default=None, help="override the suite's datasets")
+    r = sub.add_parser("report", help="rebuild results.md and the plots of a results folder from its results.json")
+    r.add_argument("folder", type=Path)
     return p
 
 
@@ -31,6 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        return _report(args.folder)
     if args.device.startswith("cuda"):
         import torch
 
@@ -47,6 +51,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.datasets:
             overrides["datasets"] = tuple(args.datasets)
         run(make_config(args.scale, **overrides), command=command)
+    return 0
+
+
+def _report(folder: Path) -> int:
+    import json
+
+    from .experiments import RENDERERS
+
+    path = folder / "results.json"
+    if not path.is_file():
+        print(f"pilearn: no results.json in {folder}", file=sys.stderr)
+        return 2
+    suite = json.loads(path.read_text()).get("suite")
+    if suite not in RENDERERS:
+        print(f"pilearn: {path} is from suite {suite!r}, which has no renderer", file=sys.stderr)
+        return 2
+    RENDERERS[suite](folder)
     return 0
 
 

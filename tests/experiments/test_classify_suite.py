@@ -28,6 +28,9 @@ def test_bench_classify_smoke_writes_results_table_and_plot(tmp_path):
     md = (out / "results.md").read_text()
     assert "| PIL dense d=256 (λ by GCV) |" in md and "× the floor" in md
     assert (out / "accuracy_vs_time.png").stat().st_size > 10_000
+    (out / "results.md").unlink()
+    assert main(["report", str(out)]) == 0  # tables come back from results.json alone
+    assert (out / "results.md").read_text() == md
 
 
 def test_unknown_option_and_scale_fail_loudly(capsys):

@@ -15,6 +15,7 @@ and the peak memory of that streaming fit at several N.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -236,11 +237,12 @@ def plot(results: dict, path: Path) -> None:
 
     datasets = results["config"]["datasets"]
     fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5), squeeze=False)
-    markers = {"PIL": "o", "Bi-PIL ablation": "s", "gradient": "^", "kernel": "D", "ELM library": "v"}
+    styles = {"PIL": ("o", "tab:red"), "Bi-PIL ablation": ("s", "tab:pink"), "gradient": ("^", "tab:blue"),
+              "kernel": ("D", "tab:green"), "ELM library": ("v", "tab:orange")}
     for ax, ds in zip(axes[0], datasets):
         for r in (r for r in results["rows"] if r["dataset"] == ds):
-            ax.scatter(r["fit_seconds"], 100 * r["accuracy"], marker=markers.get(r["family"], "x"),
-                       label=r["family"])
+            marker, color = styles.get(r["family"], ("x", "black"))
+            ax.scatter(r["fit_seconds"], 100 * r["accuracy"], marker=marker, color=color, label=r["family"])
             ax.annotate(r["method"], (r["fit_seconds"], 100 * r["accuracy"]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
         handles, labels = ax.get_legend_handles_labels()
@@ -254,6 +256,13 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def render(out: Path) -> None:
+    """Rebuild ``results.md`` and ``accuracy_vs_time.png`` in ``out`` from its ``results.json``."""
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.md").write_text(render_markdown(results) + "\n")
+    plot(results, out / "accuracy_vs_time.png")
 
 
 def run_classify(cfg: ClassifyConfig, command: str = "pilearn bench classify") -> dict:
@@ -275,7 +284,6 @@ def run_classify(cfg: ClassifyConfig, command: str = "pilearn bench classify") -
         del ctx
     results["total_seconds"] = time.perf_counter() - t0
     write_results(out, results)
-    (out / "results.md").write_text(render_markdown(results) + "\n")
-    plot(results, out / "accuracy_vs_time.png")
+    render(out)
     _progress(f"wrote {out / 'results.json'}, results.md, accuracy_vs_time.png")
     return results
