@@ -74,6 +74,18 @@ def test_streaming_equals_one_batch(generator, d):
     torch.testing.assert_close(stream.solve(0.3).intercept, one.intercept, rtol=1e-10, atol=1e-12)
 
 
+def test_workspace_reuse_across_batch_sizes_and_release(generator):
+    H, Y, w = make_data(generator, 300, 12)
+    stats = RidgeStats(12, 3)
+    for lo, hi in ((0, 100), (100, 130), (130, 300)):  # grows, shrinks, grows the workspace
+        stats.update(H[lo:hi], Y[lo:hi], w[lo:hi])
+    assert stats._work is not None and stats._work.shape[0] == 170
+    stats.release_workspace()
+    assert stats._work is None
+    ref = RidgeStats(12, 3).update(H, Y, w)
+    torch.testing.assert_close(stats.solve(0.1).coef, ref.solve(0.1).coef, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("n1,n2", [(150, 90), (10, 15)])
 def test_merge_equals_concatenation(generator, n1, n2):
     H, Y, w = make_data(generator, n1 + n2, 40)

@@ -219,6 +219,7 @@ class _BasePIL(BaseEstimator):
         if sign > 0:
             for H, Tb, wb in self._transform_batches(X, T, sample_weight):
                 self.stats_.update(H, Tb, wb, check_finite=False)  # X and y passed validate_data
+            self.stats_.release_workspace()
         else:
             removed = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
             for H, Tb, wb in self._transform_batches(X, T, sample_weight):

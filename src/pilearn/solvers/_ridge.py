@@ -146,6 +146,11 @@ class RidgeStats:
         self.n_rows = 0
         # rows kept for the dual form: (H, Y, w) in float64, or None once M holds them
         self._rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = [] if dual else None
+        self._work: torch.Tensor | None = None  # batch workspace of _augmented; see release_workspace
+
+    def release_workspace(self) -> None:
+        """Free the batch-sized buffer that :meth:`update` reuses between batches."""
+        self._work = None
 
     # ------------------------------------------------------------------ views of M
     @property
@@ -257,7 +262,11 @@ class RidgeStats:
     def _augmented(self, H: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
         """The rows [h, y, 1]·√w in float64: (n, d + k + 1)."""
         d, k = self.n_features, self.n_targets
-        A = torch.empty(H.shape[0], d + k + 1, dtype=_F64, device=self.device)
+        n = H.shape[0]
+        # one workspace reused across batches: a fresh n × D float64 buffer per batch costs page faults
+        if self._work is None or self._work.shape[0] < n:
+            self._work = torch.empty(n, d + k + 1, dtype=_F64, device=self.device)
+        A = self._work[:n]
         A[:, :d] = H  # the float32 → float64 cast happens in this copy
         A[:, d : d + k] = Y
         A[:, -1] = 1.0
