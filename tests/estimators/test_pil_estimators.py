@@ -30,6 +30,7 @@ def _expected_failures(est):
     expected_failed_checks=_expected_failures,
 )
 def test_sklearn_estimator_checks(estimator, check):
+    """scikit-learn's own check_* functions; each raises AssertionError (or the error it expects) on a violation."""
     check(estimator)
 
 
