@@ -207,12 +207,18 @@ class _BasePIL(BaseEstimator):
         if hold.sum() < 1 or (~hold).sum() < 1:
             raise ValueError(f"lam='holdout' needs rows on both sides of the split; with {X.shape[0]} samples and "
                              f"validation_fraction={self.validation_fraction} one side is empty")
-        sw = (lambda m: None) if sample_weight is None else (lambda m: sample_weight[m])
-        held = self.stats_ = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
-        self._accumulate(X[hold], T[hold], sw(hold))
-        self.stats_ = RidgeStats(held.n_features, held.n_targets, device=self.device)
-        self._accumulate(X[~hold], T[~hold], sw(~hold))
-        self.stats_ += held
+        d, k = self.stats_.n_features, self.stats_.n_targets
+        held = RidgeStats(d, k, dual=False, device=self.device)
+        kept = self.stats_
+        # one pass over the data: each feature batch is split by the mask (no copies of X)
+        for i, (H, Tb, wb) in zip(range(0, X.shape[0], self.batch_size), self._transform_batches(X, T, sample_weight)):
+            m = torch.as_tensor(hold[i : i + self.batch_size], device=H.device)
+            for stats, sel in ((held, m), (kept, ~m)):
+                if bool(sel.any()):
+                    stats.update(H[sel], Tb[sel], None if wb is None else wb[sel], check_finite=False)
+        held.release_workspace()
+        kept.release_workspace()
+        kept += held
         self._solve(holdout=held)
 
     def _accumulate(self, X: np.ndarray, T: np.ndarray, sample_weight: np.ndarray | None, sign: int = 1) -> None:
@@ -223,7 +229,7 @@ class _BasePIL(BaseEstimator):
         else:
             removed = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
             for H, Tb, wb in self._transform_batches(X, T, sample_weight):
-                removed.update(H, Tb, wb)
+                removed.update(H, Tb, wb, check_finite=False)
             self.stats_ -= removed
 
     def _lam_scale(self, stats: RidgeStats) -> float:
@@ -278,6 +284,34 @@ class _BasePIL(BaseEstimator):
         self._W = torch.as_tensor(self.coef_).to(device=dev, dtype=torch.float64)
         self._b = torch.as_tensor(self.intercept_).to(device=dev, dtype=torch.float64)
 
+    def _validate_xy(self, X: Any, y: Any, sample_weight: Any, reset: bool):
+        """(X, y, sample weights or None), validated the scikit-learn way."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+        classifier = isinstance(self, ClassifierMixin)
+        X, y = validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32], multi_output=not classifier,
+                             y_numeric=not classifier)
+        if X.shape[0] == 0:
+            raise ValueError("X is empty (0 samples); fit needs at least one sample")
+        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        return X, y, sw
+
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        """The regression targets T (n, k) in float64 for labels or values y."""
+        raise NotImplementedError
+
+    def forget(self, X: Any, y: Any, sample_weight: Any = None):
+        """Exact unlearning: remove rows that were fitted before and re-solve.
+
+        The result equals a fit without those rows (same seed, same ``input_scale_``), up to float64
+        round-off; λ is re-chosen by GCV for ``lam='auto'`` and kept relative for ``'holdout'``.
+        """
+        check_is_fitted(self, "stats_")
+        X, y, sw = self._validate_xy(X, y, sample_weight, reset=False)
+        self._accumulate(X, self._targets(y), sw, sign=-1)
+        self._solve()
+        return self
+
     def _raw_predict(self, X: Any) -> np.ndarray:
         check_is_fitted(self, "coef_")
         X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
@@ -330,16 +364,6 @@ def _no_holdout_streaming(est: _BasePIL) -> None:
         raise ValueError("lam='holdout' chooses λ inside fit; partial_fit needs lam to be a float or 'auto' (GCV)")
 
 
-def _check_X_y(est: _BasePIL, X: Any, y: Any, reset: bool, multi_output: bool):
-    if y is None:
-        raise ValueError(f"{type(est).__name__} requires y to be passed, but the target y is None")
-    X, y = validate_data(est, X, y, reset=reset, dtype=[np.float64, np.float32], multi_output=multi_output,
-                         y_numeric=not isinstance(est, ClassifierMixin))
-    if X.shape[0] == 0:
-        raise ValueError("X is empty (0 samples); fit needs at least one sample")
-    return X, y
-
-
 class PILClassifier(ClassifierMixin, _BasePIL):
     """Pseudoinverse-learning classifier: seeded random features and a closed-form ridge readout.
 
@@ -384,13 +408,12 @@ class PILClassifier(ClassifierMixin, _BasePIL):
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "PILClassifier":
         """Fit on (X, y) in one streaming pass and one solve."""
         self._validate_params()
-        X, y = _check_X_y(self, X, y, reset=True, multi_output=False)
+        X, y, sw = self._validate_xy(X, y, sample_weight, reset=True)
         check_classification_targets(y)
         self._binarizer = LabelBinarizer().fit(y)
         self.classes_ = self._binarizer.classes_
         if len(self.classes_) < 2:
             raise ValueError(f"PILClassifier needs samples of at least 2 classes in y; got 1 class: {self.classes_[0]!r}")
-        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
         self._init_fit(X, len(self.classes_), sw)
         self._fit_stats(X, self._targets(y), sw)
         return self
@@ -410,33 +433,18 @@ class PILClassifier(ClassifierMixin, _BasePIL):
             self.classes_ = self._binarizer.classes_
         elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
             raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_!r}")
-        X, y = _check_X_y(self, X, y, reset=first, multi_output=False)
+        X, y, sw = self._validate_xy(X, y, sample_weight, reset=first)
         check_classification_targets(y)
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if unknown.size:
-            raise ValueError(f"y holds labels {unknown.tolist()} that are not in classes {self.classes_.tolist()}")
-        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
         if first:
             self._init_fit(X, len(self.classes_), sw)
         self._fit_stats(X, self._targets(y), sw)
         return self
 
-    def forget(self, X: Any, y: Any, sample_weight: Any = None) -> "PILClassifier":
-        """Exact unlearning: remove rows that were fitted before and re-solve.
-
-        The result equals a fit without those rows (same seed), up to float64 round-off.
-        """
-        check_is_fitted(self, "stats_")
-        X, y = _check_X_y(self, X, y, reset=False, multi_output=False)
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        """One-hot (0/1) targets; labels outside ``classes_`` are an error."""
         unknown = np.setdiff1d(np.unique(y), self.classes_)
         if unknown.size:
             raise ValueError(f"y holds labels {unknown.tolist()} that were never fitted (classes {self.classes_.tolist()})")
-        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
-        self._accumulate(X, self._targets(y), sw, sign=-1)
-        self._solve()
-        return self
-
-    def _targets(self, y: np.ndarray) -> np.ndarray:
         T = self._binarizer.transform(y).astype(np.float64)
         if T.shape[1] == 1:  # binary: LabelBinarizer gives one column; use both one-hot columns
             T = np.hstack([1.0 - T, T])
@@ -472,10 +480,9 @@ class PILRegressor(RegressorMixin, _BasePIL):
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "PILRegressor":
         """Fit on (X, y) in one streaming pass and one solve."""
         self._validate_params()
-        X, y = _check_X_y(self, X, y, reset=True, multi_output=True)
-        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        X, y, sw = self._validate_xy(X, y, sample_weight, reset=True)
         self._y_ndim = y.ndim
-        Y = y.reshape(len(y), -1).astype(np.float64)
+        Y = self._targets(y)
         self._init_fit(X, Y.shape[1], sw)
         self._fit_stats(X, Y, sw)
         return self
@@ -486,27 +493,18 @@ class PILRegressor(RegressorMixin, _BasePIL):
         if first:
             self._validate_params()
             _no_holdout_streaming(self)
-        X, y = _check_X_y(self, X, y, reset=first, multi_output=True)
-        Y = y.reshape(len(y), -1).astype(np.float64)
-        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
+        X, y, sw = self._validate_xy(X, y, sample_weight, reset=first)
+        Y = self._targets(y)
         if first:
             self._y_ndim = y.ndim
             self._init_fit(X, Y.shape[1], sw)
         elif Y.shape[1] != self.stats_.n_targets:
             raise ValueError(f"y must have {self.stats_.n_targets} target columns as in the first call, got {Y.shape[1]}")
-        self._accumulate(X, Y, sw)
-        self._solve()
+        self._fit_stats(X, Y, sw)
         return self
 
-    def forget(self, X: Any, y: Any, sample_weight: Any = None) -> "PILRegressor":
-        """Exact unlearning: remove rows that were fitted before and re-solve."""
-        check_is_fitted(self, "stats_")
-        X, y = _check_X_y(self, X, y, reset=False, multi_output=True)
-        Y = y.reshape(len(y), -1).astype(np.float64)
-        sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=np.float64)
-        self._accumulate(X, Y, sw, sign=-1)
-        self._solve()
-        return self
+    def _targets(self, y: np.ndarray) -> np.ndarray:
+        return y.reshape(len(y), -1).astype(np.float64)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions (n,) or (n, n_targets)."""
