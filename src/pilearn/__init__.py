@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from .estimators import PILClassifier, PILRegressor  # noqa: E402
+from .estimators import BiPILClassifier, DeepPILClassifier, PILClassifier, PILRegressor  # noqa: E402
 from .solvers import RidgeStats  # noqa: E402
 
-__all__ = ["PILClassifier", "PILRegressor", "RidgeStats", "__version__"]
+__all__ = ["BiPILClassifier", "DeepPILClassifier", "PILClassifier", "PILRegressor", "RidgeStats", "__version__"]

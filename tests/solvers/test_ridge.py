@@ -191,6 +191,38 @@ def test_path_coefs_and_holdout_mse_match_direct_solves(generator, d):
     assert path.best_index == int(torch.argmin(path.holdout_mse))
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_mse_of_wide_targets_equals_direct(generator, weighted):
+    """mse() from the statistics alone, with more targets than features (an auto-encoder's shape)."""
+    H, _, w = make_data(generator, 120, 6)
+    Y = torch.randn(120, 15, generator=generator, dtype=torch.float64)
+    w = w if weighted else None
+    stats = RidgeStats(6, 15, dual=False).update(H, Y, w)
+    W = torch.randn(6, 15, generator=generator, dtype=torch.float64)
+    b = torch.randn(15, generator=generator, dtype=torch.float64)
+    r2 = ((H @ W + b - Y) ** 2).sum(1)
+    direct = float((r2 if w is None else w * r2).sum()) / (stats.n * 15)
+    assert stats.mse(W, b) == pytest.approx(direct, rel=1e-10)
+
+
+def test_select_equals_streaming_the_chosen_columns(generator):
+    H, Y, w = make_data(generator, 90, 12)
+    full = RidgeStats(12, 3).update(H[:40], Y[:40], w[:40]).update(H[40:], Y[40:], w[40:])
+    cols = [9, 2, 5, 0]  # unsorted on purpose: the lower-triangle storage must be re-folded
+    sub = full.select(cols)
+    ref = RidgeStats(4, 3, dual=False).update(H[:, cols], Y, w)
+    torch.testing.assert_close(sub.M, ref.M, rtol=1e-12, atol=1e-12)
+    a, b = sub.solve(0.7), ref.solve(0.7)
+    torch.testing.assert_close(a.coef, b.coef, rtol=1e-10, atol=1e-12)
+    assert sub.n_rows == full.n_rows
+    with pytest.raises(ValueError, match="repeat"):
+        full.select([1, 1])
+    with pytest.raises(ValueError, match="0..11"):
+        full.select([12])
+    with pytest.raises(ValueError, match="at least one"):
+        full.select([])
+
+
 # ---------------------------------------------------------------- numerical trouble and bad input
 def test_singular_system_falls_back_with_warning_and_finite_weights(generator):
     H = torch.randn(50, 4, generator=generator, dtype=F64)

@@ -4,6 +4,9 @@ For each dataset (MNIST, Fashion-MNIST), in one process and on the same split:
 
 * PIL with dense random features at several widths; PIL on random convolutional features;
 * the seed notes' Bi-PIL fusion (concat / add / single) at one total width;
+* Deep PIL (stacked PIL auto-encoders) and the published Bi-PIL (forward network, closed-form backward
+  twin, fused), with the twin alone and the forward network alone as ablation rows of the same fit,
+  on the pixels and on the random convolutional front-end;
 * an MLP of the same shape as the widest dense PIL network trained with AdamW, time-matched to
   that PIL fit and to convergence (early stopping on a validation split);
 * scikit-learn ``Nystroem`` and ``RBFSampler`` + ``RidgeCV``; ``hpelm`` if it imports.
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data import load_dataset
-from ..estimators import PILClassifier
+from ..estimators import BiPILClassifier, PILClassifier
 from ._baselines import gram_floor, hpelm_available, hpelm_baseline, kernel_ridge_baseline, train_mlp
 from ._results import PeakMemory, Stopwatch, default_out_dir, environment, markdown_table, write_results
 
@@ -49,6 +52,10 @@ class ClassifyConfig:
     widths: tuple[int, ...] = (1024, 2048, 4096)
     bipil_width: int = 2048
     conv: bool = True
+    deep: bool = True
+    deep_layers: tuple[int, ...] = (2000, 1500, 500)
+    deep_fusion_hidden: tuple[int, ...] = (0, 4000)
+    deep_conv_layers: tuple[int, ...] = (2000,)
     mlp_max_epochs: int = 15
     kernel_components: int = 2048
     hpelm: bool = True
@@ -61,6 +68,7 @@ class ClassifyConfig:
 
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": dict(n_train=2000, n_test=1000, widths=(256, 512), bipil_width=256, mlp_max_epochs=2,
+                  deep_layers=(128, 64), deep_fusion_hidden=(0, 256), deep_conv_layers=(128,),
                   kernel_components=256, memory_scan=(500, 2000), batch_size=512),
     "small": {},
     "full": dict(widths=(1024, 2048, 4096, 8192, 16384), bipil_width=4096, mlp_max_epochs=30,
@@ -134,6 +142,11 @@ def _dataset_rows(name: str, cfg: ClassifyConfig) -> tuple[list[dict], dict]:
         row, _ = _fit_pil(cfg, X, y, Xt, yt, n_hidden=cfg.bipil_width, features="bipil", fusion=fusion)
         add(f"Bi-PIL (seed notes) {fusion}, total width {row['d']}", "Bi-PIL ablation", row, fusion=fusion)
 
+    if cfg.deep:
+        _deep_rows(cfg, X, y, Xt, yt, add, "pixels", "standardize", cfg.deep_layers)
+        if cfg.conv:
+            _deep_rows(cfg, X, y, Xt, yt, add, "random-conv", "conv", cfg.deep_conv_layers)
+
     n_params = X.shape[1] * widest + widest + widest * 10 + 10
     budget = widest_row["fit_seconds"]
     r = _measured(lambda: asdict(train_mlp(X, y, Xt, yt, n_hidden=widest, time_budget=budget, seed=cfg.seed)))
@@ -154,6 +167,36 @@ def _dataset_rows(name: str, cfg: ClassifyConfig) -> tuple[list[dict], dict]:
     elif cfg.hpelm:
         extra["hpelm"] = "not installed"
     return rows, {"extra": extra, "widest_clf": widest_clf, "widest_row": widest_row, "X": X, "y": y}
+
+
+def _deep_rows(cfg: ClassifyConfig, X, y, Xt, yt, add, label: str, features: str, layers: tuple[int, ...]) -> None:
+    """One Bi-PIL fit; its fused output, its forward network alone (= Deep PIL) and its twin alone as rows.
+
+    The forward network of a Bi-PIL fit *is* the Deep PIL model (same seed, same selection), so the
+    ablation rows come from one fit; the fit time of the Deep PIL row is the forward phase's share.
+    """
+    clf = BiPILClassifier(hidden_layers=layers, features=features, fusion_hidden=cfg.deep_fusion_hidden,
+                          random_state=cfg.seed, batch_size=cfg.batch_size, device=cfg.device)
+    with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
+        clf.fit(X, y)
+    parts = clf.decision_parts(Xt)
+    acc = {k: float((v.argmax(1) == np.searchsorted(clf.classes_, yt)).mean()) for k, v in parts.items()}
+    sel = clf.selection_
+    widths = "-".join(str(w) for w in sel["widths"])
+    common = {"peak_mb": mem.peak_mb, "selection": sel}
+    add(f"Deep PIL ({label}) {widths}, depth by validation", "Deep PIL",
+        {"accuracy": acc["forward"], "fit_seconds": clf.timings_["forward"], "lam": clf.head_.lam,
+         "d": int(sel["widths"][-1]), "peak_mb": mem.peak_mb}, val_accuracy=sel["forward_val_acc"])
+    add(f"Bi-PIL backward twin alone ({label}), μ={clf.mu_:g}", "Bi-PIL ablation",
+        {"accuracy": acc["backward"], "fit_seconds": clf.timings_["forward"] + clf.timings_["backward"],
+         "lam": clf.backward_head_.lam, "d": int(sel["widths"][-1]), "peak_mb": mem.peak_mb},
+        val_accuracy=sel["backward"]["val_acc"])
+    l1, l2 = clf.fusion_pair_
+    head = f"hidden {clf.fusion_width_}" if clf.fusion_width_ else "linear"
+    add(f"Bi-PIL published ({label}): fwd {l1} + bwd {l2}, {head} head", "Bi-PIL",
+        {"accuracy": acc["fused"], "fit_seconds": sw.seconds, "lam": clf.fusion_head_.lam,
+         "d": int(clf.fusion_width_ or clf.fusion_mean_.numel()), **common},
+        val_accuracy=sel["fusion"]["val_acc"], timings=clf.timings_)
 
 
 def _mlp_row(r: dict) -> dict:
@@ -247,7 +290,8 @@ def plot(results: dict, path: Path) -> None:
 
     datasets = results["config"]["datasets"]
     fig, axes = plt.subplots(1, len(datasets), figsize=(7 * len(datasets), 5), squeeze=False)
-    styles = {"PIL": ("o", "tab:red"), "Bi-PIL ablation": ("s", "tab:pink"), "gradient": ("^", "tab:blue"),
+    styles = {"PIL": ("o", "tab:red"), "Bi-PIL ablation": ("s", "tab:pink"), "Deep PIL": ("P", "tab:purple"),
+              "Bi-PIL": ("*", "tab:brown"), "gradient": ("^", "tab:blue"),
               "kernel": ("D", "tab:green"), "ELM library": ("v", "tab:orange")}
     for ax, ds in zip(axes[0], datasets):
         for r in (r for r in results["rows"] if r["dataset"] == ds):

@@ -357,6 +357,31 @@ class RidgeStats:
         removed.update(H, Y, sample_weight)
         return self.__isub__(removed)
 
+    def select(self, features: Sequence[int] | torch.Tensor) -> "RidgeStats":
+        """The statistics of the regression on a subset of the feature columns (same targets, same rows).
+
+        Every block of M restricted to the chosen columns is exactly what streaming those columns alone
+        would have accumulated, so one pass over a wide concatenation of candidate features yields the
+        statistics of every subset of them (e.g. each pair of layers a fused head could read).
+        """
+        idx = torch.as_tensor(features, dtype=torch.int64).reshape(-1)
+        if idx.numel() == 0:
+            raise ValueError("features must select at least one column, got an empty selection")
+        if int(idx.min()) < 0 or int(idx.max()) >= self.n_features:
+            raise ValueError(f"features must index columns 0..{self.n_features - 1}, got values from "
+                             f"{int(idx.min())} to {int(idx.max())}")
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError("features must not repeat a column")
+        d, k = self.n_features, self.n_targets
+        out = RidgeStats(idx.numel(), k, fit_intercept=self.fit_intercept, dual=False, device=self.device)
+        full = torch.cat([idx.to(self.device), torch.arange(d, d + k + 1, device=self.device)])
+        sub = self._folded_M()[full][:, full]  # a lower triangle, permuted: one of (a, b), (b, a) is zero
+        sym = sub + sub.T
+        sym.diagonal().mul_(0.5)
+        out.M.copy_(torch.tril(sym))
+        out.n_rows = self.n_rows
+        return out
+
     def all_reduce(self, group: object | None = None) -> "RidgeStats":
         """Sum the statistics of every rank of ``torch.distributed`` (one collective), in place.
 
@@ -559,13 +584,22 @@ class RidgeStats:
     def _sse(self, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Weighted Σ‖y − hW − b‖² over the rows of these statistics, from M alone.
 
-        The residual of target j is [h, y, 1]·aⱼ with aⱼ = [−wⱼ; eⱼ; −bⱼ], so the sum is tr(AᵀMA)
-        for A = [−W; I; −bᵀ] (D × k) and the full symmetric M.
+        Expanding the square, with G = HᵀDH, C = HᵀDY, s_h = HᵀD1, s_y = YᵀD1, n = 1ᵀD1:
+
+            Σ‖y‖² − 2 tr(WᵀC) − 2 bᵀs_y + tr(WᵀGW) + 2 bᵀWᵀs_h + n‖b‖²,
+
+        which costs O(d²k), not the O((d + k)²k) of tr(AᵀMA): it matters when the targets are wide
+        (an auto-encoder reconstructing its d-dimensional input).
         """
-        k = self.n_targets
-        A = torch.cat([-W, torch.eye(k, dtype=_F64, device=self.device), -b[None, :]])  # (D, k)
-        L = self._folded_M()  # lower triangle: AᵀMA = Σ 2·Aᵀ(L A) − Aᵀdiag(L)A, no symmetrized copy
-        return 2 * (A * (L @ A)).sum() - (A * (L.diagonal()[:, None] * A)).sum()
+        d, k = self.n_features, self.n_targets
+        L = self._folded_M()
+        G = L[:d, :d]  # lower triangle: tr(WᵀGW) = 2·Σ W∘(G W) − Σ W∘(diag(G) W)
+        C = L[d : d + k, :d].T
+        h_sum, y_sum, n = L[-1, :d], L[-1, d : d + k], L[-1, -1]
+        yy = L[d : d + k, d : d + k].diagonal().sum()
+        GW = G @ W
+        quad = 2 * (W * GW).sum() - (W * (G.diagonal()[:, None] * W)).sum()
+        return (yy - 2 * (W * C).sum() - 2 * (b @ y_sum) + quad + 2 * (b @ (W.T @ h_sum)) + n * (b @ b))
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
