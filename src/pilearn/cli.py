@@ -22,6 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--datasets", nargs="+", default=None, help="override the suite's datasets")
+    b.add_argument("--only", nargs="+", default=None, metavar="GROUP",
+                   help="run only these row groups of the suite (classify: dense conv bipil-seed deep mlp kernel "
+                        "hpelm floor)")
     r = sub.add_parser("report", help="rebuild results.md and the plots of a results folder from its results.json")
     r.add_argument("folder", type=Path)
     return p
@@ -50,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["out"] = args.out if len(suites) == 1 else args.out / name
         if args.datasets:
             overrides["datasets"] = tuple(args.datasets)
+        if args.only:
+            overrides["groups"] = tuple(args.only)
         run(make_config(args.scale, **overrides), command=command)
     return 0
 

@@ -223,6 +223,20 @@ def test_select_equals_streaming_the_chosen_columns(generator):
         full.select([])
 
 
+def test_subproblem_regresses_one_block_on_another(generator):
+    """Statistics of Z → [A | Y] also hold A → Y: a sub-block of the joint Gram."""
+    Z, Y, w = make_data(generator, 80, 5)
+    A = torch.randn(80, 4, generator=generator, dtype=F64)
+    joint = RidgeStats(5, 7).update(Z, torch.cat([A, Y], 1), w)
+    sub = joint.subproblem(features=[5, 6, 7, 8], targets=[9, 10, 11])
+    ref = RidgeStats(4, 3, dual=False).update(A, Y, w)
+    torch.testing.assert_close(sub.M, ref.M, rtol=1e-12, atol=1e-12)
+    only_a = joint.select(targets=[0, 1, 2, 3])
+    torch.testing.assert_close(only_a.solve(0.1).coef, RidgeStats(5, 4).update(Z, A, w).solve(0.1).coef)
+    with pytest.raises(ValueError, match="disjoint"):
+        joint.subproblem([0, 1], [1, 2])
+
+
 # ---------------------------------------------------------------- numerical trouble and bad input
 def test_singular_system_falls_back_with_warning_and_finite_weights(generator):
     H = torch.randn(50, 4, generator=generator, dtype=F64)

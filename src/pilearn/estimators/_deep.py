@@ -373,6 +373,9 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         tr.release_workspace()
         va = RidgeStats(width, self._n_classes, dual=False, device=self.device).update(A_val, self._Tva,
                                                                                          check_finite=False)
+        return self._head_from_stats(tr, va, A_val)
+
+    def _head_from_stats(self, tr: RidgeStats, va: RidgeStats, A_val: torch.Tensor) -> tuple[_Head, float, float, dict]:
         rel, sol, path = self._select_lam(tr, va)
         head = _Head(sol.coef, sol.intercept, sol.lam)
         return head, self._accuracy(head(A_val)), rel, path
@@ -388,13 +391,23 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         E = random_matrix((d_in, p), kind=self.kind, seed=derive_seed(self.seed_, "encoder", l, p), dtype=dt,
                           device=dev) * (1.0 / (np.sqrt(d_in) * rms_in))
         f = self._f
-        ae_tr = RidgeStats(p, d_in, dual=False, device=self.device)
-        for A0, _ in self._input_batches():
+        # the first auto-encoder of a Bi-PIL fit also streams the labels as extra targets: its statistics
+        # then hold the regression of Y on A₀ that the twin's first layer needs (no second pass over A₀)
+        joint = l == 0 and self._joint_first
+        k = d_in + (self._n_classes if joint else 0)
+        ae_tr = RidgeStats(p, k, dual=False, device=self.device)
+        for A0, Y in self._input_batches():
             A = self._forward(A0, layers)[-1] if layers else A0
-            ae_tr.update(f(A @ E), A, check_finite=False)
+            ae_tr.update(f(A @ E), torch.cat([A, Y.to(A.dtype)], 1) if joint else A, check_finite=False)
         ae_tr.release_workspace()
-        ae_va = RidgeStats(p, d_in, dual=False, device=self.device).update(f(A_val_in @ E), A_val_in,
-                                                                             check_finite=False)
+        ae_va = RidgeStats(p, k, dual=False, device=self.device).update(
+            f(A_val_in @ E), torch.cat([A_val_in, self._Tva.to(A_val_in.dtype)], 1) if joint else A_val_in,
+            check_finite=False)
+        first_stats = None
+        if joint:
+            a_cols, y_cols = torch.arange(p, p + d_in), torch.arange(p + d_in, p + k)
+            first_stats = (ae_tr.subproblem(a_cols, y_cols), ae_va.subproblem(a_cols, y_cols))
+            ae_tr, ae_va = ae_tr.select(targets=torch.arange(d_in)), ae_va.select(targets=torch.arange(d_in))
         rel_ae, sol, _ = self._select_lam(ae_tr, ae_va)
         W = sol.coef.T.contiguous()  # tied: encoder = decoderᵀ, (d_in, p)
         # per-unit standardization of the pre-activations, from the auto-encoder's own statistics:
@@ -421,7 +434,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         head, acc, rel_head, _ = self._fit_head(feats, A_val, p)
         return {"layer": layer, "head": head, "val_acc": acc, "width": p, "lam_ae_rel": rel_ae,
                 "lam_ae": float(sol.lam), "lam_head_rel": rel_head, "lam_head": head.lam, "A_val": A_val,
-                "rms": float(np.sqrt(ms[0] / max(ms[1], 1)))}
+                "rms": float(np.sqrt(ms[0] / max(ms[1], 1))), "first_stats": first_stats}
 
     def _fit_forward(self) -> None:
         layers: list[_Layer] = []
@@ -436,6 +449,8 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
                             "lam_ae": pick["lam_ae"], "lam_ae_rel": pick["lam_ae_rel"], "lam_head": pick["lam_head"],
                             "lam_head_rel": pick["lam_head_rel"],
                             "candidates": {int(r["width"]): r["val_acc"] for r in tried}})
+            if l == 0:
+                self._first_stats = pick["first_stats"]
             layers.append(pick["layer"])
             heads.append(pick["head"])
             vals.append(pick["A_val"])
@@ -455,6 +470,8 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
                            "forward_val_acc": best_acc}
 
     # ------------------------------------------------------------------ fit / predict
+    _joint_first = False  # Bi-PIL sets it: see _grow_layer
+
     def _prepare(self, X: Any, y: Any) -> None:
         self._check_params()
         X, y = self._validate_xy(X, y)
@@ -490,7 +507,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         return np.hstack([1.0 - T, T]) if T.shape[1] == 1 else T
 
     def _cleanup(self) -> None:
-        for name in ("_Xtr", "_Ttr", "_A0_cache", "_A0_val", "_A_val_fw", "_A_val_bw"):
+        for name in ("_Xtr", "_Ttr", "_A0_cache", "_A0_val", "_A_val_fw", "_A_val_bw", "_first_stats", "_F_cache"):
             if hasattr(self, name):
                 delattr(self, name)
 
@@ -586,6 +603,8 @@ class BiPILClassifier(DeepPILClassifier):
         self.fusion_activation = fusion_activation
         self.output = output
 
+    _joint_first = True
+
     def _check_params(self) -> None:
         super()._check_params()
         self._mu_grid = _check_grid("mu_grid", self.mu_grid if self.mu_grid is not None else DEFAULT_MU_GRID)
@@ -632,7 +651,11 @@ class BiPILClassifier(DeepPILClassifier):
         """
         f, dt = self._f, _DTYPES[self.dtype]
         widths = [layer.W.shape[1] for layer in self.layers_]
-        first, rel0 = self._class_regression(lambda: self._input_batches(), self._A0_val)
+        if self._first_stats is not None:  # streamed with the first auto-encoder
+            first, _, rel0, _ = self._head_from_stats(*self._first_stats, self._A0_val)
+            self._first_stats = None
+        else:
+            first, rel0 = self._class_regression(lambda: self._input_batches(), self._A0_val)
         with torch.no_grad():
             S0 = torch.cat([first(A0) for A0, _ in self._input_batches()])
         S0_val = first(self._A0_val)
@@ -697,9 +720,17 @@ class BiPILClassifier(DeepPILClassifier):
         offsets = np.concatenate([[0], np.cumsum(widths + widths)])
         total = int(offsets[-1])
         tr = RidgeStats(total, self._n_classes, dual=False, device=self.device)
+        cache = None
+        if self.cache_input:  # keep the layer features of the training rows for the fusion heads below
+            cache = torch.empty(self._Xtr.shape[0], total, dtype=_DTYPES[self.dtype], device=torch.device(self.device))
+        i = 0
         for A0, Y in self._input_batches():
             fw, bw = self._all_features(A0)
-            tr.update(torch.cat(fw + bw, 1), Y, check_finite=False)
+            F = torch.cat(fw + bw, 1)
+            tr.update(F, Y, check_finite=False)
+            if cache is not None:
+                cache[i : i + F.shape[0]] = F
+            i += F.shape[0]
         tr.release_workspace()
         V = torch.cat(self._A_val_fw + self._A_val_bw, 1)
         va = RidgeStats(total, self._n_classes, dual=False, device=self.device).update(V, self._Tva,
@@ -722,18 +753,31 @@ class BiPILClassifier(DeepPILClassifier):
         self.fusion_mean_ = mean.to(dt)
         self.fusion_scale_ = float(1.0 / np.sqrt(max(var, 1e-12)))
         V_pair = (V[:, cols] - self.fusion_mean_) * self.fusion_scale_
+        cols_t = torch.as_tensor(cols, device=V.device)
+
+        def fused_batches():
+            if cache is None:
+                yield from ((self._fused(A0, pair), Y) for A0, Y in self._input_batches())
+                return
+            for (_, Y), j in zip(self._label_batches(), range(0, cache.shape[0], self.batch_size)):
+                yield (cache[j : j + self.batch_size, cols_t] - self.fusion_mean_) * self.fusion_scale_, Y
+
         head_cands = {}
         for width in self._fusion_widths:
-            if width == 0:  # linear head on the standardized fused features
-                head, acc, rel, _ = self._fit_head(
-                    lambda: ((self._fused(A0, pair), Y) for A0, Y in self._input_batches()), V_pair, len(cols))
+            if width == 0:
+                # the linear head on standardized features is the pair's ridge fit, re-expressed: centring is
+                # absorbed by the intercept and λ is relative to the trace, so no refit is needed:
+                # (F − m)s · (W/s) + (b + m·W) = F·W + b
+                acc, rel, sol = scores[pair]
+                m64 = self.fusion_mean_.to(torch.float64)
+                head = _Head(sol.coef / self.fusion_scale_, sol.intercept + m64 @ sol.coef,
+                             sol.lam * self.fusion_scale_**2)
                 head_cands[0] = (acc, None, head, rel)
             else:
                 proj = self._fusion_projection(len(cols), width)
                 g = get_activation(self.fusion_activation)
-                head, acc, rel, _ = self._fit_head(
-                    lambda: ((g(self._fused(A0, pair) @ proj), Y) for A0, Y in self._input_batches()),
-                    g(V_pair @ proj), width)
+                head, acc, rel, _ = self._fit_head(lambda: ((g(F @ proj), Y) for F, Y in fused_batches()),
+                                                   g(V_pair @ proj), width)
                 head_cands[width] = (acc, proj, head, rel)
         width = max(head_cands, key=lambda w: head_cands[w][0])
         log.info("fusion: pair %s, hidden %d, validation accuracy %.4f", pair, width, head_cands[width][0])

@@ -56,6 +56,7 @@ class ClassifyConfig:
     deep_layers: tuple[int, ...] = (2000, 1500, 500)
     deep_fusion_hidden: tuple[int, ...] = (0, 4000)
     deep_conv_layers: tuple[int, ...] = (2000,)
+    groups: tuple[str, ...] | None = None  # None: every group of GROUPS
     mlp_max_epochs: int = 15
     kernel_components: int = 2048
     hpelm: bool = True
@@ -76,11 +77,26 @@ SCALES: dict[str, dict[str, Any]] = {
 }
 
 
+#: row groups a run may be limited to (``--only``); "floor" (Gram floor and memory scan) needs "dense"
+GROUPS = ("dense", "conv", "bipil-seed", "deep", "mlp", "kernel", "hpelm", "floor")
+
+
 def make_config(scale: Scale = "small", **overrides: Any) -> ClassifyConfig:
     """The config of a scale, with ``overrides`` (unknown keys raise ``TypeError``)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
-    return replace(ClassifyConfig(scale=scale), **{**SCALES[scale], **overrides})
+    cfg = replace(ClassifyConfig(scale=scale), **{**SCALES[scale], **overrides})
+    if cfg.groups is not None:
+        unknown = sorted(set(cfg.groups) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"groups must be among {GROUPS}, got unknown {unknown}")
+        if "floor" in cfg.groups and "dense" not in cfg.groups:
+            raise ValueError("group 'floor' measures the widest dense fit: add group 'dense'")
+    return cfg
+
+
+def _on(cfg: ClassifyConfig, group: str) -> bool:
+    return cfg.groups is None or group in cfg.groups
 
 
 def _load(name: str, cfg: ClassifyConfig) -> tuple[np.ndarray, ...]:
@@ -129,43 +145,48 @@ def _dataset_rows(name: str, cfg: ClassifyConfig) -> tuple[list[dict], dict]:
     PILClassifier(n_hidden=64, random_state=0).fit(X[:512], y[:512])
 
     widest = max(cfg.widths)
-    widest_clf = None
-    for w in cfg.widths:
-        row, clf = _fit_pil(cfg, X, y, Xt, yt, n_hidden=w, features="dense")
-        add(f"PIL dense d={w} (λ by GCV)", "PIL", row)
-        if w == widest:
-            widest_clf, widest_row = clf, row
-    if cfg.conv:
+    widest_clf = widest_row = None
+    if _on(cfg, "dense"):
+        for w in cfg.widths:
+            row, clf = _fit_pil(cfg, X, y, Xt, yt, n_hidden=w, features="dense")
+            add(f"PIL dense d={w} (λ by GCV)", "PIL", row)
+            if w == widest:
+                widest_clf, widest_row = clf, row
+    if cfg.conv and _on(cfg, "conv"):
         row, _ = _fit_pil(cfg, X, y, Xt, yt, features="conv", image_shape=image_shape, lam="holdout")
         add(f"PIL random-conv d={row['d']} (λ by hold-out)", "PIL", row)
-    for fusion in ("concat", "add", "single"):
-        row, _ = _fit_pil(cfg, X, y, Xt, yt, n_hidden=cfg.bipil_width, features="bipil", fusion=fusion)
-        add(f"Bi-PIL (seed notes) {fusion}, total width {row['d']}", "Bi-PIL ablation", row, fusion=fusion)
-
-    if cfg.deep:
+    if _on(cfg, "bipil-seed"):
+        for fusion in ("concat", "add", "single"):
+            row, _ = _fit_pil(cfg, X, y, Xt, yt, n_hidden=cfg.bipil_width, features="bipil", fusion=fusion)
+            add(f"Bi-PIL (seed notes) {fusion}, total width {row['d']}", "Bi-PIL ablation", row, fusion=fusion)
+    if cfg.deep and _on(cfg, "deep"):
         _deep_rows(cfg, X, y, Xt, yt, add, "pixels", "standardize", cfg.deep_layers)
         if cfg.conv:
             _deep_rows(cfg, X, y, Xt, yt, add, "random-conv", "conv", cfg.deep_conv_layers)
 
     n_params = X.shape[1] * widest + widest + widest * 10 + 10
-    budget = widest_row["fit_seconds"]
-    r = _measured(lambda: asdict(train_mlp(X, y, Xt, yt, n_hidden=widest, time_budget=budget, seed=cfg.seed)))
-    add(f"MLP {X.shape[1]}-{widest}-10 AdamW, time-matched", "gradient", _mlp_row(r), n_params=n_params,
-        epochs=r["epochs"])
-    r = _measured(lambda: asdict(train_mlp(X, y, Xt, yt, n_hidden=widest, max_epochs=cfg.mlp_max_epochs,
-                                           seed=cfg.seed)))
-    add(f"MLP {X.shape[1]}-{widest}-10 AdamW, to convergence", "gradient", _mlp_row(r), n_params=n_params,
-        epochs=r["epochs"], best_val_accuracy=r["best_val_accuracy"])
-    for method in ("nystroem", "rbf_sampler"):
-        r = _measured(lambda: kernel_ridge_baseline(X, y, Xt, yt, method=method,
-                                                    n_components=cfg.kernel_components, seed=cfg.seed))
-        label = "Nystroem" if method == "nystroem" else "RBFSampler"
-        add(f"sklearn {label}({cfg.kernel_components}) + RidgeCV", "kernel", r, d=cfg.kernel_components)
-    if cfg.hpelm and hpelm_available():
-        r = _measured(lambda: hpelm_baseline(X, y, Xt, yt, n_hidden=widest))
-        add(f"hpelm ELM sigm d={widest}", "ELM library", r, d=widest)
-    elif cfg.hpelm:
-        extra["hpelm"] = "not installed"
+    if _on(cfg, "mlp"):
+        if widest_row is not None:
+            budget = widest_row["fit_seconds"]
+            r = _measured(lambda: asdict(train_mlp(X, y, Xt, yt, n_hidden=widest, time_budget=budget, seed=cfg.seed)))
+            add(f"MLP {X.shape[1]}-{widest}-10 AdamW, time-matched", "gradient", _mlp_row(r), n_params=n_params,
+                epochs=r["epochs"])
+        r = _measured(lambda: asdict(train_mlp(X, y, Xt, yt, n_hidden=widest, max_epochs=cfg.mlp_max_epochs,
+                                               seed=cfg.seed)))
+        add(f"MLP {X.shape[1]}-{widest}-10 AdamW, to convergence", "gradient", _mlp_row(r), n_params=n_params,
+            epochs=r["epochs"], best_val_accuracy=r["best_val_accuracy"])
+    if _on(cfg, "kernel"):
+        for method in ("nystroem", "rbf_sampler"):
+            r = _measured(lambda: kernel_ridge_baseline(X, y, Xt, yt, method=method,
+                                                        n_components=cfg.kernel_components, seed=cfg.seed))
+            label = "Nystroem" if method == "nystroem" else "RBFSampler"
+            add(f"sklearn {label}({cfg.kernel_components}) + RidgeCV", "kernel", r, d=cfg.kernel_components)
+    if _on(cfg, "hpelm"):
+        if cfg.hpelm and hpelm_available():
+            r = _measured(lambda: hpelm_baseline(X, y, Xt, yt, n_hidden=widest))
+            add(f"hpelm ELM sigm d={widest}", "ELM library", r, d=widest)
+        elif cfg.hpelm:
+            extra["hpelm"] = "not installed"
     return rows, {"extra": extra, "widest_clf": widest_clf, "widest_row": widest_row, "X": X, "y": y}
 
 
@@ -331,7 +352,7 @@ def run_classify(cfg: ClassifyConfig, command: str = "pilearn bench classify") -
         rows, ctx = _dataset_rows(ds, cfg)
         results["rows"] += rows
         results["datasets"][ds] = ctx["extra"]
-        if i == 0:
+        if i == 0 and _on(cfg, "floor") and ctx["widest_clf"] is not None:
             results["gram_floor"] = _gram_floor_check(cfg, ctx["widest_clf"], ctx["widest_row"], ctx["X"],
                                                       ctx["y"])
             results["memory_scan"] = _memory_scan(cfg, ctx["X"], ctx["y"])

@@ -357,30 +357,53 @@ class RidgeStats:
         removed.update(H, Y, sample_weight)
         return self.__isub__(removed)
 
-    def select(self, features: Sequence[int] | torch.Tensor) -> "RidgeStats":
-        """The statistics of the regression on a subset of the feature columns (same targets, same rows).
+    def select(self, features: Sequence[int] | torch.Tensor | None = None,
+               targets: Sequence[int] | torch.Tensor | None = None) -> "RidgeStats":
+        """The statistics of the regression on a subset of the feature columns and of the target columns.
 
         Every block of M restricted to the chosen columns is exactly what streaming those columns alone
         would have accumulated, so one pass over a wide concatenation of candidate features yields the
         statistics of every subset of them (e.g. each pair of layers a fused head could read).
+        ``None`` keeps all columns of that block.
         """
-        idx = torch.as_tensor(features, dtype=torch.int64).reshape(-1)
-        if idx.numel() == 0:
-            raise ValueError("features must select at least one column, got an empty selection")
-        if int(idx.min()) < 0 or int(idx.max()) >= self.n_features:
-            raise ValueError(f"features must index columns 0..{self.n_features - 1}, got values from "
-                             f"{int(idx.min())} to {int(idx.max())}")
-        if torch.unique(idx).numel() != idx.numel():
-            raise ValueError("features must not repeat a column")
         d, k = self.n_features, self.n_targets
-        out = RidgeStats(idx.numel(), k, fit_intercept=self.fit_intercept, dual=False, device=self.device)
-        full = torch.cat([idx.to(self.device), torch.arange(d, d + k + 1, device=self.device)])
+        f = torch.arange(d) if features is None else self._check_index("features", features, d)
+        t = torch.arange(k) if targets is None else self._check_index("targets", targets, k)
+        return self.subproblem(f, t + d)
+
+    def subproblem(self, features: Sequence[int] | torch.Tensor, targets: Sequence[int] | torch.Tensor) -> "RidgeStats":
+        """Re-root the statistics: regress the columns ``targets`` on the columns ``features``, both indexing
+        the joint columns [H | Y] (0 … d + k − 1), e.g. one target block on another.
+
+        M is the Gram of every column streamed, so any regression between disjoint sets of them is a
+        sub-block of it: an auto-encoder's statistics whose targets are [A | labels] also hold the
+        regression of the labels on A, at no extra pass.
+        """
+        D = self.n_features + self.n_targets
+        f = self._check_index("features", features, D)
+        t = self._check_index("targets", targets, D)
+        if np.intersect1d(f.numpy(), t.numpy()).size:
+            raise ValueError("features and targets must be disjoint sets of columns")
+        out = RidgeStats(f.numel(), t.numel(), fit_intercept=self.fit_intercept, dual=False, device=self.device)
+        full = torch.cat([f, t, torch.tensor([D])]).to(self.device)
         sub = self._folded_M()[full][:, full]  # a lower triangle, permuted: one of (a, b), (b, a) is zero
         sym = sub + sub.T
         sym.diagonal().mul_(0.5)
         out.M.copy_(torch.tril(sym))
         out.n_rows = self.n_rows
         return out
+
+    @staticmethod
+    def _check_index(name: str, idx: object, size: int) -> torch.Tensor:
+        idx = torch.as_tensor(idx, dtype=torch.int64).reshape(-1).cpu()
+        if idx.numel() == 0:
+            raise ValueError(f"{name} must select at least one column, got an empty selection")
+        if int(idx.min()) < 0 or int(idx.max()) >= size:
+            raise ValueError(f"{name} must index columns 0..{size - 1}, got values from {int(idx.min())} to "
+                             f"{int(idx.max())}")
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError(f"{name} must not repeat a column")
+        return idx
 
     def all_reduce(self, group: object | None = None) -> "RidgeStats":
         """Sum the statistics of every rank of ``torch.distributed`` (one collective), in place.
