@@ -287,3 +287,26 @@ def test_bad_data(digits):
         BiPILClassifier().predict(Xt)
     with pytest.raises(ValueError, match="conv.*square"):
         DeepPILClassifier(hidden_layers=(8,), features="conv").fit(X[:, :60], y)
+
+
+def test_linear_fusion_head_is_ridge_on_the_fused_pair(digits):
+    X, y, Xt, _ = digits
+    m = BiPILClassifier(hidden_layers=(48, 32), patience=2, fusion_hidden=0, output="fused", mu_grid=(0.01,),
+                        dtype="float64", random_state=7).fit(X, y)
+    assert m.output_ == "fused" and m.fusion_width_ == 0
+    l1, l2 = m.fusion_pair_
+
+    def feats(Z):
+        A = B = _A0(m, Z)
+        fw, bw = [], []
+        for layer in m.layers_:
+            A = np.tanh(A @ layer.W.numpy() + layer.b.numpy())
+            fw.append(A)
+        for layer in m.backward_layers_:
+            B = np.tanh(B @ layer.W.numpy() + layer.b.numpy())
+            bw.append(B)
+        return np.hstack([fw[l1 - 1], bw[l2 - 1]])
+
+    lam_raw = m.fusion_head_.lam / m.fusion_scale_**2  # the head's λ is in standardized units
+    W, b = _ridge(feats(X[m.train_index_]), _onehot(m, y[m.train_index_]), lam_raw)
+    np.testing.assert_allclose(m.decision_function(Xt), feats(Xt) @ W + b, rtol=1e-6, atol=1e-8)

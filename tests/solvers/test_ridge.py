@@ -223,6 +223,18 @@ def test_select_equals_streaming_the_chosen_columns(generator):
         full.select([])
 
 
+@pytest.mark.parametrize("n", [200, 10])  # primal, and dual (rows kept)
+def test_solve_many_equals_solve(generator, n):
+    H, Y, w = make_data(generator, n, 30)
+    stats = RidgeStats(30, 3).update(H, Y, w)
+    lams = [3.0, 0.01, 0.5]
+    for lam, sol in zip(lams, stats.solve_many(lams)):
+        ref = stats.solve(lam)
+        torch.testing.assert_close(sol.coef, ref.coef, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(sol.intercept, ref.intercept, rtol=1e-12, atol=1e-12)
+        assert sol.lam == lam
+
+
 def test_subproblem_regresses_one_block_on_another(generator):
     """Statistics of Z → [A | Y] also hold A → Y: a sub-block of the joint Gram."""
     Z, Y, w = make_data(generator, 80, 5)

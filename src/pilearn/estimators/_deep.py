@@ -307,12 +307,20 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         """A₀ of a batch: the front-end, centred per column and scaled by the training std."""
         return (self._front_raw(xb) - self.front_mean_) * self.front_scale_
 
-    def _fit_front(self, X: np.ndarray) -> None:
+    def _fit_front(self, X: np.ndarray) -> torch.Tensor | None:
+        """Build the front-end and its standardization from the training rows; with ``cache_input``,
+        return A₀ of those rows, computed once (the statistics are gathered on the same pass)."""
         self.front_ = self._build_front(X.shape[1])
         s1, s2, n = None, 0.0, 0
+        cache = None
         with torch.no_grad():
             for i in range(0, X.shape[0], self.batch_size):
-                A = self._front_raw(self._tensor(X[i : i + self.batch_size])).to(torch.float64)
+                A = self._front_raw(self._tensor(X[i : i + self.batch_size]))
+                if self.cache_input:
+                    if cache is None:
+                        cache = torch.empty(X.shape[0], A.shape[1], dtype=A.dtype, device=A.device)
+                    cache[i : i + A.shape[0]] = A
+                A = A.to(torch.float64)
                 s1 = A.sum(0) if s1 is None else s1 + A.sum(0)
                 s2 += float((A * A).sum())
                 n += A.shape[0]
@@ -320,6 +328,10 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         var = s2 / (n * mean.numel()) - float((mean * mean).mean())
         self.front_mean_ = mean.to(_DTYPES[self.dtype])
         self.front_scale_ = float(1.0 / np.sqrt(max(var, 1e-12)))
+        if cache is not None:
+            for i in range(0, cache.shape[0], self.batch_size):  # standardize in place, batch by batch
+                cache[i : i + self.batch_size].sub_(self.front_mean_).mul_(self.front_scale_)
+        return cache
 
     # ------------------------------------------------------------------ streaming
     def _input_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -353,8 +365,8 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         candidate, scanned from the largest down and stopped once the error has risen twice in a row."""
         scale = max(tr.gram_trace() / tr.n_features, np.finfo(float).tiny)
         path, best, prev, rises = {}, None, np.inf, 0
-        for rel in sorted(self._lam_grid, reverse=True):
-            sol = tr.solve(rel * scale)
+        grid = sorted(self._lam_grid, reverse=True)
+        for rel, sol in zip(grid, tr.solve_many(rel * scale for rel in grid)):
             err = va.mse(sol.coef, sol.intercept)
             path[rel] = err
             if best is None or err < best[0]:
@@ -498,8 +510,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         self._Tva = torch.from_numpy(self._onehot(y[va_idx])).to(torch.device(self.device))
         self._yva_idx = np.searchsorted(self.classes_, y[va_idx])
         self.train_index_, self.validation_index_ = tr_idx, va_idx
-        self._fit_front(self._Xtr)
-        self._A0_cache = self._transform(self._Xtr, lambda a: a) if self.cache_input else None
+        self._A0_cache = self._fit_front(self._Xtr)
         self._A0_val = self._transform(X[va_idx], lambda a: a)
 
     def _onehot(self, y: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -483,6 +483,24 @@ class RidgeStats:
         G.diagonal().add_(lam)
         coef, method = spd_solve(G, C)
         return RidgeSolution(coef, self._intercept(coef), lam, method)
+
+    def solve_many(self, lams: Iterable[float]) -> Iterator[RidgeSolution]:
+        """Solutions for several λ, lazily, forming the centred statistics once (one Cholesky per λ).
+
+        Equals ``(self.solve(lam) for lam in lams)``; for large d it saves the d × d centring and
+        symmetrizing of every :meth:`solve`. Consume it before changing the statistics.
+        """
+        if self._rows is not None and self.n_rows < self.n_features:
+            for lam in lams:
+                yield self.solve(lam)
+            return
+        G, C, _ = self.centered()
+        diag = G.diagonal().clone()
+        for lam in lams:
+            lam = self._check_lam(lam)
+            G.diagonal().copy_(diag + lam)
+            coef, method = spd_solve(G, C)
+            yield RidgeSolution(coef, self._intercept(coef), lam, method)
 
     def _solve_dual(self, lam: float) -> RidgeSolution:
         A, Yw = self._kept_rows()
