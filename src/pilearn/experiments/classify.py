@@ -56,6 +56,7 @@ class ClassifyConfig:
     deep_layers: tuple[int, ...] = (2000, 1500, 500)
     deep_fusion_hidden: tuple[int, ...] = (0, 4000)
     deep_conv_layers: tuple[int, ...] = (2000,)
+    deep_conv_fusion_hidden: tuple[int, ...] = (0,)  # a hidden fusion head over d = 4,000 would break 5 minutes
     groups: tuple[str, ...] | None = None  # None: every group of GROUPS
     mlp_max_epochs: int = 15
     kernel_components: int = 2048
@@ -70,6 +71,7 @@ class ClassifyConfig:
 SCALES: dict[str, dict[str, Any]] = {
     "smoke": dict(n_train=2000, n_test=1000, widths=(256, 512), bipil_width=256, mlp_max_epochs=2,
                   deep_layers=(128, 64), deep_fusion_hidden=(0, 256), deep_conv_layers=(128,),
+                  deep_conv_fusion_hidden=(0, 256),
                   kernel_components=256, memory_scan=(500, 2000), batch_size=512),
     "small": {},
     "full": dict(widths=(1024, 2048, 4096, 8192, 16384), bipil_width=4096, mlp_max_epochs=30,
@@ -160,9 +162,10 @@ def _dataset_rows(name: str, cfg: ClassifyConfig) -> tuple[list[dict], dict]:
             row, _ = _fit_pil(cfg, X, y, Xt, yt, n_hidden=cfg.bipil_width, features="bipil", fusion=fusion)
             add(f"Bi-PIL (seed notes) {fusion}, total width {row['d']}", "Bi-PIL ablation", row, fusion=fusion)
     if cfg.deep and _on(cfg, "deep"):
-        _deep_rows(cfg, X, y, Xt, yt, add, "pixels", "standardize", cfg.deep_layers)
+        _deep_rows(cfg, X, y, Xt, yt, add, "pixels", "standardize", cfg.deep_layers, cfg.deep_fusion_hidden)
         if cfg.conv:
-            _deep_rows(cfg, X, y, Xt, yt, add, "random-conv", "conv", cfg.deep_conv_layers)
+            _deep_rows(cfg, X, y, Xt, yt, add, "random-conv", "conv", cfg.deep_conv_layers,
+                       cfg.deep_conv_fusion_hidden)
 
     n_params = X.shape[1] * widest + widest + widest * 10 + 10
     if _on(cfg, "mlp"):
@@ -190,13 +193,15 @@ def _dataset_rows(name: str, cfg: ClassifyConfig) -> tuple[list[dict], dict]:
     return rows, {"extra": extra, "widest_clf": widest_clf, "widest_row": widest_row, "X": X, "y": y}
 
 
-def _deep_rows(cfg: ClassifyConfig, X, y, Xt, yt, add, label: str, features: str, layers: tuple[int, ...]) -> None:
-    """One Bi-PIL fit; its fused output, its forward network alone (= Deep PIL) and its twin alone as rows.
+def _deep_rows(cfg: ClassifyConfig, X, y, Xt, yt, add, label: str, features: str, layers: tuple[int, ...],
+               fusion_hidden: tuple[int, ...]) -> None:
+    """One Bi-PIL fit: the model as fitted (its output chosen on validation), and as ablation rows its
+    forward network alone (= Deep PIL), its backward twin alone and its fusion classifier.
 
     The forward network of a Bi-PIL fit *is* the Deep PIL model (same seed, same selection), so the
     ablation rows come from one fit; the fit time of the Deep PIL row is the forward phase's share.
     """
-    clf = BiPILClassifier(hidden_layers=layers, features=features, fusion_hidden=cfg.deep_fusion_hidden,
+    clf = BiPILClassifier(hidden_layers=layers, features=features, fusion_hidden=fusion_hidden,
                           random_state=cfg.seed, batch_size=cfg.batch_size, device=cfg.device)
     with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
         clf.fit(X, y)
@@ -214,10 +219,14 @@ def _deep_rows(cfg: ClassifyConfig, X, y, Xt, yt, add, label: str, features: str
         val_accuracy=sel["backward"]["val_acc"])
     l1, l2 = clf.fusion_pair_
     head = f"hidden {clf.fusion_width_}" if clf.fusion_width_ else "linear"
-    add(f"Bi-PIL published ({label}): fwd {l1} + bwd {l2}, {head} head", "Bi-PIL",
+    add(f"Bi-PIL fusion classifier ({label}): fwd {l1} + bwd {l2}, {head} head", "Bi-PIL ablation",
         {"accuracy": acc["fused"], "fit_seconds": sw.seconds, "lam": clf.fusion_head_.lam,
-         "d": int(clf.fusion_width_ or clf.fusion_mean_.numel()), **common},
-        val_accuracy=sel["fusion"]["val_acc"], timings=clf.timings_)
+         "d": int(clf.fusion_width_ or clf.fusion_mean_.numel()), "peak_mb": mem.peak_mb},
+        val_accuracy=sel["fusion"]["val_acc"])
+    add(f"Bi-PIL ({label}) {widths}, as fitted: output '{clf.output_}' chosen on validation", "Bi-PIL",
+        {"accuracy": float(clf.score(Xt, yt)), "fit_seconds": sw.seconds, "lam": None, "d": None, **common},
+        val_accuracy=sel["output"]["val_acc"][clf.output_], timings=clf.timings_,
+        fusion_hidden_candidates=list(fusion_hidden))
 
 
 def _mlp_row(r: dict) -> dict:
