@@ -4,6 +4,7 @@ cases, the validation split, and bad input."""
 import numpy as np
 import pytest
 import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from pilearn import BiPILClassifier, DeepPILClassifier
 from pilearn.data import load_digits
@@ -11,6 +12,17 @@ from pilearn.estimators._deep import INVERTIBLE_ACTIVATIONS, back_project
 from pilearn.features import RandomProjection, derive_seed, random_matrix
 
 F64 = torch.float64
+
+
+@parametrize_with_checks(
+    [
+        DeepPILClassifier(hidden_layers=(16, 8), dtype="float64", random_state=0),
+        BiPILClassifier(hidden_layers=(16,), fusion_hidden=(0, 16), mu_grid=(0.01,), dtype="float64", random_state=0),
+    ]
+)
+def test_sklearn_estimator_checks(estimator, check):
+    """scikit-learn's own check_* functions; each raises AssertionError (or the error it expects) on a violation."""
+    check(estimator)
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +289,7 @@ def test_bad_data(digits):
     with pytest.raises(ValueError, match="inconsistent|samples"):
         DeepPILClassifier(hidden_layers=(8,)).fit(X, y[:-1])
     with pytest.raises(ValueError, match="too few"):
-        DeepPILClassifier(hidden_layers=(8,)).fit(X[:12], y[:12])
+        DeepPILClassifier(hidden_layers=(8,)).fit(X[:5], np.array([0, 1, 2, 0, 1]))
     m = DeepPILClassifier(hidden_layers=(8,), random_state=0).fit(X, y)
     with pytest.raises(ValueError, match="features"):
         m.predict(Xt[:, :10])

@@ -497,8 +497,8 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
                       else int(self.random_state))
         idx = np.arange(X.shape[0])
         counts = np.unique(y, return_counts=True)[1]
-        n_val = int(np.ceil(self.validation_fraction * X.shape[0]))
-        if n_val < self._n_classes or X.shape[0] - n_val < self._n_classes:
+        n_val = max(int(np.ceil(self.validation_fraction * X.shape[0])), self._n_classes)
+        if X.shape[0] - n_val < self._n_classes:
             raise ValueError(f"validation_fraction={self.validation_fraction} of {X.shape[0]} samples leaves too few "
                              f"rows on one side for {self._n_classes} classes; give more data or another fraction")
         strat = y if counts.min() >= 2 else None
@@ -553,8 +553,8 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         S = self._scores(self._check_X(X))
         return self.classes_[S.argmax(1).cpu().numpy()]
 
-    def transform(self, X: Any) -> np.ndarray:
-        """The top layer's features A_L (n, width)."""
+    def hidden_features(self, X: Any) -> np.ndarray:
+        """The forward network's top-layer features A_L (n, width)."""
         X = self._check_X(X)
         return self._transform(X, lambda a: self._forward(a, self.layers_)[-1]).cpu().numpy()
 
