@@ -322,3 +322,70 @@ def test_linear_fusion_head_is_ridge_on_the_fused_pair(digits):
     lam_raw = m.fusion_head_.lam / m.fusion_scale_**2  # the head's λ is in standardized units
     W, b = _ridge(feats(X[m.train_index_]), _onehot(m, y[m.train_index_]), lam_raw)
     np.testing.assert_allclose(m.decision_function(Xt), feats(Xt) @ W + b, rtol=1e-6, atol=1e-8)
+
+
+# ---------------------------------------------------------------- explicit validation rows; torch.distributed
+def test_explicit_validation_rows(digits):
+    X, y, Xt, yt = digits
+    m = BiPILClassifier(hidden_layers=(32,), mu_grid=(0.01,), random_state=0).fit(X[:1000], y[:1000], X[1000:],
+                                                                               y[1000:])
+    assert m.validation_index_ is None and len(m.train_index_) == 1000
+    parts = m.decision_parts(X[1000:])
+    truth = np.searchsorted(m.classes_, y[1000:])
+    assert m.selection_["forward_val_acc"] == pytest.approx((parts["forward"].argmax(1) == truth).mean(), abs=1e-12)
+    with pytest.raises(ValueError, match="together"):
+        BiPILClassifier(hidden_layers=(8,)).fit(X, y, X_val=Xt)
+    with pytest.raises(ValueError, match="y_val"):
+        BiPILClassifier(hidden_layers=(8,)).fit(X, y, Xt, yt[:-1])
+    with pytest.raises(ValueError, match="absent from y"):
+        BiPILClassifier(hidden_layers=(8,)).fit(X[y < 9], y[y < 9], Xt, yt)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dist_worker(rank, world, port, X, y, Xv, yv, Xt, out):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        sl = slice(rank, None, world)  # each rank holds its own shard of the training and validation rows
+        m = BiPILClassifier(hidden_layers=(40, 24), patience=2, fusion_hidden=(0, 32), mu_grid=(0.01, 0.1),
+                            dtype="float64", distributed=True, random_state=3).fit(X[sl], y[sl], Xv[sl], yv[sl])
+        out[rank] = (m.decision_parts(Xt), m.selection_["output"], m.fusion_pair_, m.mu_)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_gloo_fit_equals_single_process(digits):
+    import torch.multiprocessing as mp
+
+    X, y, Xt, _ = digits
+    Xtr, ytr, Xv, yv = X[:1200], y[:1200], X[1200:], y[1200:]
+    out = mp.Manager().dict()
+    mp.spawn(_dist_worker, args=(2, _free_port(), Xtr, ytr, Xv, yv, Xt, out), nprocs=2, join=True)
+    ref = BiPILClassifier(hidden_layers=(40, 24), patience=2, fusion_hidden=(0, 32), mu_grid=(0.01, 0.1),
+                          dtype="float64", random_state=3).fit(Xtr, ytr, Xv, yv)
+    parts = ref.decision_parts(Xt)
+    for rank in (0, 1):
+        got, sel, pair, mu = out[rank]
+        assert sel == ref.selection_["output"] and pair == ref.fusion_pair_ and mu == ref.mu_
+        for k in parts:
+            np.testing.assert_allclose(got[k], parts[k], rtol=1e-10, atol=1e-10, err_msg=k)
+
+
+def test_distributed_without_process_group_is_a_clear_error(digits):
+    X, y, _, _ = digits
+    with pytest.raises(RuntimeError, match="torch.distributed"):
+        DeepPILClassifier(hidden_layers=(8,), distributed=True, random_state=0).fit(X, y)
+    with pytest.raises(ValueError, match="distributed must be a bool"):
+        DeepPILClassifier(hidden_layers=(8,), distributed="yes").fit(X, y)

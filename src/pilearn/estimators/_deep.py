@@ -188,6 +188,11 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         batch_size: rows per streamed batch.
         cache_input: keep A₀ of the training rows in memory (n × d₀) instead of recomputing the
             front-end on every pass (each layer is one or two passes).
+        distributed: data parallelism under ``torch.distributed`` (gloo on CPU, NCCL on GPU): each rank
+            passes its own shard to ``fit`` and every statistic — the front-end's standardization, each
+            auto-encoder's and head's RidgeStats, the validation accuracies — is summed over the ranks
+            before it is used, so every rank solves the same systems and ends with the same model.
+            Needs ``random_state``.
         dtype: feature dtype; statistics and solves are float64.
         device: torch device.
         random_state: seed of every random matrix and of the split; None draws one (``seed_``).
@@ -212,6 +217,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.1,
         batch_size: int = 4096,
         cache_input: bool = True,
+        distributed: bool = False,
         dtype: Literal["float32", "float64"] = "float32",
         device: str = "cpu",
         random_state: int | None = None,
@@ -225,6 +231,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.batch_size = batch_size
         self.cache_input = cache_input
+        self.distributed = distributed
         self.dtype = dtype
         self.device = device
         self.random_state = random_state
@@ -324,6 +331,12 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
                 s1 = A.sum(0) if s1 is None else s1 + A.sum(0)
                 s2 += float((A * A).sum())
                 n += A.shape[0]
+        if self.distributed:
+            import torch.distributed as dist
+
+            packed = torch.cat([s1.cpu(), torch.tensor([s2, float(n)], dtype=torch.float64)])
+            dist.all_reduce(packed)
+            s1, s2, n = packed[:-2].to(s1.device), float(packed[-2]), float(packed[-1])
         mean = s1 / n
         var = s2 / (n * mean.numel()) - float((mean * mean).mean())
         self.front_mean_ = mean.to(_DTYPES[self.dtype])
@@ -385,6 +398,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         tr.release_workspace()
         va = RidgeStats(width, self._n_classes, dual=False, device=self.device).update(A_val, self._Tva,
                                                                                          check_finite=False)
+        self._reduce(tr, va)
         return self._head_from_stats(tr, va, A_val)
 
     def _head_from_stats(self, tr: RidgeStats, va: RidgeStats, A_val: torch.Tensor) -> tuple[_Head, float, float, dict]:
@@ -393,7 +407,9 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         return head, self._accuracy(head(A_val)), rel, path
 
     def _accuracy(self, scores: torch.Tensor) -> float:
-        return float((scores.argmax(1).cpu().numpy() == self._yva_idx).mean())
+        correct, total = self._reduce_sum([float((scores.argmax(1).cpu().numpy() == self._yva_idx).sum()),
+                                           float(len(self._yva_idx))])
+        return correct / total
 
     # ------------------------------------------------------------------ forward growth
     def _grow_layer(self, l: int, p: int, layers: list[_Layer], A_val_in: torch.Tensor, rms_in: float) -> dict:
@@ -415,6 +431,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         ae_va = RidgeStats(p, k, dual=False, device=self.device).update(
             f(A_val_in @ E), torch.cat([A_val_in, self._Tva.to(A_val_in.dtype)], 1) if joint else A_val_in,
             check_finite=False)
+        self._reduce(ae_tr, ae_va)
         first_stats = None
         if joint:
             a_cols, y_cols = torch.arange(p, p + d_in), torch.arange(p + d_in, p + k)
@@ -444,6 +461,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
                 yield A, Y
 
         head, acc, rel_head, _ = self._fit_head(feats, A_val, p)
+        ms = self._reduce_sum(ms)
         return {"layer": layer, "head": head, "val_acc": acc, "width": p, "lam_ae_rel": rel_ae,
                 "lam_ae": float(sol.lam), "lam_head_rel": rel_head, "lam_head": head.lam, "A_val": A_val,
                 "rms": float(np.sqrt(ms[0] / max(ms[1], 1))), "first_stats": first_stats}
@@ -484,10 +502,24 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit / predict
     _joint_first = False  # Bi-PIL sets it: see _grow_layer
 
-    def _prepare(self, X: Any, y: Any) -> None:
+    def _prepare(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> None:
         self._check_params()
+        if not isinstance(self.distributed, (bool, np.bool_)):
+            raise ValueError(f"distributed must be a bool, got {self.distributed!r}")
         X, y = self._validate_xy(X, y)
-        self._binarizer = LabelBinarizer().fit(y)
+        labels = np.unique(y)
+        if self.distributed:  # every rank must binarize the same classes: the union over the shards
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError("distributed=True needs torch.distributed to be initialized "
+                                   "(dist.init_process_group, e.g. under torchrun)")
+            if self.random_state is None:
+                raise ValueError("distributed=True needs random_state: every rank must draw the same random matrices")
+            gathered: list = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, labels)
+            labels = np.unique(np.concatenate(gathered))
+        self._binarizer = LabelBinarizer().fit(labels)
         self.classes_ = self._binarizer.classes_
         if len(self.classes_) < 2:
             raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in y; "
@@ -495,23 +527,54 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         self._n_classes = len(self.classes_)
         self.seed_ = (int(np.random.default_rng().integers(0, 2**31 - 1)) if self.random_state is None
                       else int(self.random_state))
-        idx = np.arange(X.shape[0])
-        counts = np.unique(y, return_counts=True)[1]
-        n_val = max(int(np.ceil(self.validation_fraction * X.shape[0])), self._n_classes)
-        if X.shape[0] - n_val < self._n_classes:
-            raise ValueError(f"validation_fraction={self.validation_fraction} of {X.shape[0]} samples leaves too few "
-                             f"rows on one side for {self._n_classes} classes; give more data or another fraction")
-        strat = y if counts.min() >= 2 else None
-        tr_idx, va_idx = train_test_split(idx, test_size=n_val, random_state=self.seed_ % (2**32), stratify=strat)
-        tr_idx.sort()
-        va_idx.sort()
-        self._Xtr = X[tr_idx]
-        self._Ttr = self._onehot(y[tr_idx])
-        self._Tva = torch.from_numpy(self._onehot(y[va_idx])).to(torch.device(self.device))
-        self._yva_idx = np.searchsorted(self.classes_, y[va_idx])
+        if (X_val is None) != (y_val is None):
+            raise ValueError("X_val and y_val must be given together, got only one of them")
+        if X_val is not None:
+            X_val = validate_data(self, X_val, reset=False, dtype=[np.float32, np.float64])
+            y_val = np.asarray(y_val)
+            if y_val.ndim != 1 or len(y_val) != X_val.shape[0] or len(y_val) == 0:
+                raise ValueError(f"y_val must be a non-empty 1-D array with one label per row of X_val "
+                                 f"({X_val.shape[0]} rows), got shape {y_val.shape}")
+            unknown = np.setdiff1d(np.unique(y_val), self.classes_)
+            if unknown.size:
+                raise ValueError(f"y_val holds labels {unknown.tolist()} absent from y")
+            tr_idx, va_idx = np.arange(X.shape[0]), None
+            self._Xtr, X_va, y_va, y_tr = X, X_val, y_val, y
+        else:
+            idx = np.arange(X.shape[0])
+            counts = np.unique(y, return_counts=True)[1]
+            n_val = max(int(np.ceil(self.validation_fraction * X.shape[0])), self._n_classes)
+            if X.shape[0] - n_val < self._n_classes:
+                raise ValueError(f"validation_fraction={self.validation_fraction} of {X.shape[0]} samples leaves too "
+                                 f"few rows on one side for {self._n_classes} classes; give more data or another "
+                                 "fraction")
+            strat = y if counts.min() >= 2 else None
+            tr_idx, va_idx = train_test_split(idx, test_size=n_val, random_state=self.seed_ % (2**32), stratify=strat)
+            tr_idx.sort()
+            va_idx.sort()
+            self._Xtr, X_va, y_va, y_tr = X[tr_idx], X[va_idx], y[va_idx], y[tr_idx]
+        self._Ttr = self._onehot(y_tr)
+        self._Tva = torch.from_numpy(self._onehot(y_va)).to(torch.device(self.device))
+        self._yva_idx = np.searchsorted(self.classes_, y_va)
         self.train_index_, self.validation_index_ = tr_idx, va_idx
         self._A0_cache = self._fit_front(self._Xtr)
-        self._A0_val = self._transform(X[va_idx], lambda a: a)
+        self._A0_val = self._transform(X_va, lambda a: a)
+
+    # ------------------------------------------------------------------ data parallelism
+    def _reduce(self, *stats: RidgeStats) -> None:
+        """With ``distributed=True``: sum each rank's statistics (one collective each) before a solve."""
+        if self.distributed:
+            for st in stats:
+                st.all_reduce()
+
+    def _reduce_sum(self, values: list[float]) -> list[float]:
+        if not self.distributed:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
 
     def _onehot(self, y: np.ndarray) -> np.ndarray:
         T = self._binarizer.transform(y).astype(np.float64)
@@ -522,10 +585,14 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
             if hasattr(self, name):
                 delattr(self, name)
 
-    def fit(self, X: Any, y: Any) -> "DeepPILClassifier":
-        """Grow the network layer by layer on the training rows, choosing everything on the validation rows."""
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "DeepPILClassifier":
+        """Grow the network layer by layer on the training rows, choosing everything on the validation rows.
+
+        The validation rows are carved from (X, y) (``validation_fraction``), or given as (X_val, y_val),
+        in which case every row of X is trained on.
+        """
         t0 = time.perf_counter()
-        self._prepare(X, y)
+        self._prepare(X, y, X_val, y_val)
         try:
             self._fit_forward()
         finally:
@@ -601,14 +668,15 @@ class BiPILClassifier(DeepPILClassifier):
         validation_fraction: float = 0.1,
         batch_size: int = 4096,
         cache_input: bool = True,
+        distributed: bool = False,
         dtype: Literal["float32", "float64"] = "float32",
         device: str = "cpu",
         random_state: int | None = None,
     ) -> None:
         super().__init__(hidden_layers=hidden_layers, activation=activation, features=features, kind=kind,
                          lam_grid=lam_grid, patience=patience, validation_fraction=validation_fraction,
-                         batch_size=batch_size, cache_input=cache_input, dtype=dtype, device=device,
-                         random_state=random_state)
+                         batch_size=batch_size, cache_input=cache_input, distributed=distributed, dtype=dtype,
+                         device=device, random_state=random_state)
         self.mu_grid = mu_grid
         self.fusion_hidden = fusion_hidden
         self.fusion_activation = fusion_activation
@@ -746,6 +814,7 @@ class BiPILClassifier(DeepPILClassifier):
         V = torch.cat(self._A_val_fw + self._A_val_bw, 1)
         va = RidgeStats(total, self._n_classes, dual=False, device=self.device).update(V, self._Tva,
                                                                                        check_finite=False)
+        self._reduce(tr, va)
         scores = {}
         for l1 in range(1, L + 1):
             for l2 in range(1, L + 1):
@@ -806,15 +875,16 @@ class BiPILClassifier(DeepPILClassifier):
         return random_matrix((d, width), kind="gaussian", seed=derive_seed(self.seed_, "fusion", width),
                              dtype=_DTYPES[self.dtype], device=torch.device(self.device)) * (1.0 / np.sqrt(d))
 
-    def fit(self, X: Any, y: Any) -> "BiPILClassifier":
-        """Forward growth, backward re-solve and fusion, every choice made on the validation rows."""
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "BiPILClassifier":
+        """Forward growth, backward re-solve and fusion, every choice made on the validation rows
+        (carved from (X, y), or given as (X_val, y_val))."""
         clock = [time.perf_counter()]
 
         def lap() -> float:
             clock.append(time.perf_counter())
             return clock[-1] - clock[-2]
 
-        self._prepare(X, y)
+        self._prepare(X, y, X_val, y_val)
         try:
             self._fit_forward()
             timings = {"forward": lap()}  # includes the split and the front-end
