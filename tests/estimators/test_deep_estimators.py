@@ -161,16 +161,32 @@ def test_backward_layers_solve_their_normal_equations(digits, bipil):
 
 
 def test_fusion_head_reads_the_chosen_pair(digits, bipil):
-    X, y, Xt, _ = digits
+    """The fused scores, recomputed by hand from the chosen pair: concat, standardize, random hidden layer, ridge."""
+    _, _, Xt, _ = digits
     m = bipil
     l1, l2 = m.fusion_pair_
-    assert 1 <= l1 <= len(m.layers_) and 1 <= l2 <= len(m.backward_layers_)
     sel = m.selection_["fusion"]
-    assert sel["val_acc"] == max(sel["hidden_candidates"].values())
+    assert sel["pair_candidates"][f"{l1},{l2}"] == max(sel["pair_candidates"].values())
+    assert m.fusion_width_ == max(sel["hidden_candidates"], key=sel["hidden_candidates"].get)
+    A = B = _A0(m, Xt)
+    fw, bw = [], []
+    for layer in m.layers_:
+        A = np.tanh(A @ layer.W.numpy() + layer.b.numpy())
+        fw.append(A)
+    for layer in m.backward_layers_:
+        B = np.tanh(B @ layer.W.numpy() + layer.b.numpy())
+        bw.append(B)
+    F = (np.hstack([fw[l1 - 1], bw[l2 - 1]]) - m.fusion_mean_.numpy()) * m.fusion_scale_
+    if m.fusion_width_:
+        d = F.shape[1]
+        P = random_matrix((d, m.fusion_width_), kind="gaussian", seed=derive_seed(m.seed_, "fusion", m.fusion_width_),
+                          dtype=F64).numpy() / np.sqrt(d)
+        F = np.tanh(F @ P)
+    expected = F @ m.fusion_head_.coef.numpy() + m.fusion_head_.intercept.numpy()
     parts = m.decision_parts(Xt)
+    np.testing.assert_allclose(parts["fused"], expected, rtol=1e-7, atol=1e-9)
     np.testing.assert_array_equal(m.predict(Xt), m.classes_[parts[m.output_].argmax(1)])
     assert m.selection_["output"]["val_acc"][m.output_] == max(m.selection_["output"]["val_acc"].values())
-    assert set(parts) == {"forward", "backward", "fused"}
 
 
 def test_bipil_learns_digits(digits, bipil):
