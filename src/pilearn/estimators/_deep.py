@@ -58,6 +58,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..features import FeatureMap, derive_seed, feature_map_from_config, get_activation, random_matrix
 from ..solvers import RidgeStats
+from ._common import DEFAULT_HOLDOUT_GRID, check_common_params, holdout_scan
 from ._conv import conv_features
 
 __all__ = ["DeepPILClassifier", "BiPILClassifier", "INVERTIBLE_ACTIVATIONS", "back_project"]
@@ -65,8 +66,6 @@ __all__ = ["DeepPILClassifier", "BiPILClassifier", "INVERTIBLE_ACTIVATIONS", "ba
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: relative λ candidates (× mean eigenvalue of the centred Gram) for every solve, picked on validation
-DEFAULT_LAM_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-7, 1, 9))
 #: relative μ candidates for the backward pass (× mean eigenvalue of WᵀW)
 DEFAULT_MU_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0)
 _CLIP = 1e-3  # targets are clipped this far inside an activation's range before f⁻¹
@@ -258,20 +257,9 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
                              f"got {self.features!r}")
         if self.kind not in ("orthogonal", "gaussian", "rademacher", "sparse"):
             raise ValueError(f"kind must be 'orthogonal', 'gaussian', 'rademacher' or 'sparse', got {self.kind!r}")
-        self._lam_grid = _check_grid("lam_grid", self.lam_grid if self.lam_grid is not None else DEFAULT_LAM_GRID)
+        self._lam_grid = _check_grid("lam_grid", self.lam_grid if self.lam_grid is not None else DEFAULT_HOLDOUT_GRID)
         _check_int("patience", self.patience)
-        _check_int("batch_size", self.batch_size)
-        vf = self.validation_fraction
-        if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 < vf < 1:
-            raise ValueError(f"validation_fraction must be a float in (0, 1), got {vf!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {self.dtype!r}")
-        if self.random_state is not None:
-            _check_int("random_state", self.random_state, low=0)
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}") from err
+        check_common_params(self, tuple(_DTYPES))
 
     def _validate_xy(self, X: Any, y: Any):
         if y is None:
@@ -374,21 +362,8 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ solves
     def _select_lam(self, tr: RidgeStats, va: RidgeStats) -> tuple[float, Any, dict]:
-        """λ minimizing the validation squared error over ``lam_grid`` × tr(G̃)/d: one Cholesky per
-        candidate, scanned from the largest down and stopped once the error has risen twice in a row."""
-        scale = max(tr.gram_trace() / tr.n_features, np.finfo(float).tiny)
-        path, best, prev, rises = {}, None, np.inf, 0
-        grid = sorted(self._lam_grid, reverse=True)
-        for rel, sol in zip(grid, tr.solve_many(rel * scale for rel in grid)):
-            err = va.mse(sol.coef, sol.intercept)
-            path[rel] = err
-            if best is None or err < best[0]:
-                best = (err, rel, sol)
-            rises = rises + 1 if err > prev else 0
-            prev = err
-            if rises >= 2:
-                break
-        return best[1], best[2], path
+        """λ minimizing the validation squared error over ``lam_grid`` × tr(G̃)/d (a hold-out scan)."""
+        return holdout_scan(tr, va, self._lam_grid)
 
     def _fit_head(self, feats, A_val: torch.Tensor, width: int) -> tuple[_Head, float, float, dict]:
         """Ridge readout on features streamed by ``feats()`` (yields (A, Y)); λ and accuracy on validation."""
@@ -581,7 +556,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
         return np.hstack([1.0 - T, T]) if T.shape[1] == 1 else T
 
     def _cleanup(self) -> None:
-        for name in ("_Xtr", "_Ttr", "_A0_cache", "_A0_val", "_A_val_fw", "_A_val_bw", "_first_stats", "_F_cache"):
+        for name in ("_Xtr", "_Ttr", "_A0_cache", "_A0_val", "_A_val_fw", "_A_val_bw", "_first_stats"):
             if hasattr(self, name):
                 delattr(self, name)
 

@@ -26,14 +26,13 @@ from ..features import (
     feature_map_from_config,
 )
 from ..solvers import RidgeStats
+from ._common import DEFAULT_HOLDOUT_GRID, check_common_params, holdout_scan, lam_scale
 from ._conv import conv_features
 
 __all__ = ["PILClassifier", "PILRegressor", "DEFAULT_LAM_GRID"]
 
 #: λ/(tr(G̃)/d) candidates for ``lam="auto"``: λ relative to the mean eigenvalue of the centred Gram.
 DEFAULT_LAM_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-8, 2, 21))
-#: candidates for ``lam="holdout"`` (one Cholesky each, scanned from the largest down)
-DEFAULT_HOLDOUT_GRID: tuple[float, ...] = tuple(float(v) for v in np.logspace(-7, 1, 9))
 
 FeatureKind = Literal["dense", "bipil", "conv"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -84,8 +83,6 @@ class _BasePIL(BaseEstimator):
     def _validate_params(self) -> None:
         if isinstance(self.n_hidden, bool) or not isinstance(self.n_hidden, numbers.Integral) or self.n_hidden < 1:
             raise ValueError(f"n_hidden must be a positive int, got {self.n_hidden!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
         if isinstance(self.lam, str):
             if self.lam not in ("auto", "holdout"):
                 raise ValueError(f"lam must be a float >= 0, 'auto' or 'holdout', got {self.lam!r}")
@@ -93,9 +90,6 @@ class _BasePIL(BaseEstimator):
             np.isfinite(self.lam) and self.lam >= 0
         ):
             raise ValueError(f"lam must be a float >= 0, 'auto' or 'holdout', got {self.lam!r}")
-        vf = self.validation_fraction
-        if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 < vf < 1:
-            raise ValueError(f"validation_fraction must be a float in (0, 1), got {vf!r}")
         if not (isinstance(self.input_scale, str) and self.input_scale == "auto"):
             if isinstance(self.input_scale, bool) or not isinstance(self.input_scale, numbers.Real) or not (
                 np.isfinite(self.input_scale) and self.input_scale > 0
@@ -105,21 +99,11 @@ class _BasePIL(BaseEstimator):
             grid = np.asarray(self.lam_grid, dtype=float).ravel()
             if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid <= 0):
                 raise ValueError(f"lam_grid must be a non-empty sequence of positive floats, got {self.lam_grid!r}")
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {self.dtype!r}")
-        if self.random_state is not None and (
-            isinstance(self.random_state, bool) or not isinstance(self.random_state, numbers.Integral)
-            or self.random_state < 0
-        ):
-            raise ValueError(f"random_state must be None or a non-negative int, got {self.random_state!r}")
         if not (isinstance(self.features, (dict, FeatureMap)) or self.features in ("dense", "bipil", "conv")):
             raise ValueError(
                 f"features must be 'dense', 'bipil', 'conv', a FeatureMap or its config dict, got {self.features!r}"
             )
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {self.device!r}") from err
+        check_common_params(self, tuple(_DTYPES))
 
     @property
     def _torch_dtype(self) -> torch.dtype:
@@ -232,35 +216,17 @@ class _BasePIL(BaseEstimator):
                 removed.update(H, Tb, wb, check_finite=False)
             self.stats_ -= removed
 
-    def _lam_scale(self, stats: RidgeStats) -> float:
-        """tr(G̃)/d, the mean eigenvalue of the centred Gram: relative λ grids are multiples of it."""
-        return max(stats.gram_trace() / stats.n_features, np.finfo(float).tiny)
-
     def _select_holdout(self, train: RidgeStats, hold: RidgeStats) -> float:
-        """Relative λ minimizing the hold-out MSE: one Cholesky per candidate, from the largest down,
-        stopping once the error has risen twice in a row (the error is unimodal in λ in practice)."""
-        scale = self._lam_scale(train)
-        grid = sorted(self.lam_grid if self.lam_grid is not None else DEFAULT_HOLDOUT_GRID, reverse=True)
-        path: dict[float, float] = {}
-        best, rises, prev = None, 0, np.inf
-        for rel in grid:
-            sol = train.solve(rel * scale)
-            mse = hold.mse(sol.coef, sol.intercept)
-            path[float(rel)] = mse
-            if best is None or mse < path[best]:
-                best = float(rel)
-            rises = rises + 1 if mse > prev else 0
-            prev = mse
-            if rises >= 2:
-                break
-        self.lam_path_ = path
+        """Relative λ minimizing the hold-out MSE (see :func:`~pilearn.estimators._common.holdout_scan`)."""
+        grid = self.lam_grid if self.lam_grid is not None else DEFAULT_HOLDOUT_GRID
+        best, _, self.lam_path_ = holdout_scan(train, hold, grid)
         return best
 
     def _solve(self, holdout: RidgeStats | None = None) -> None:
         """Solve for λ: given, by GCV (``'auto'``), or by hold-out (``'holdout'``, λ kept relative to tr(G̃)/d)."""
         stats = self.stats_
         if self.lam == "auto":  # GCV over λ relative to the mean eigenvalue of G̃
-            scale = self._lam_scale(stats)
+            scale = lam_scale(stats)
             grid = np.asarray(self.lam_grid if self.lam_grid is not None else DEFAULT_LAM_GRID, dtype=float)
             path = stats.solve_path(torch.as_tensor(grid * scale))
             self.lam_path_ = path
@@ -268,7 +234,7 @@ class _BasePIL(BaseEstimator):
         elif self.lam == "holdout":
             if holdout is not None:
                 self.lam_relative_ = self._select_holdout(stats - holdout, holdout)
-            lam = self.lam_relative_ * self._lam_scale(stats)
+            lam = self.lam_relative_ * lam_scale(stats)
         else:
             lam = float(self.lam)
         sol = stats.solve(lam)
