@@ -801,9 +801,9 @@ class BiPILClassifier(DeepPILClassifier):
         self.fusion_pair_ = pair
         # standardization of the fused features (per column mean, overall scale), from the training stats
         cols = np.r_[offsets[pair[0] - 1] : offsets[pair[0]], offsets[L + pair[1] - 1] : offsets[L + pair[1]]]
-        sub = tr.select(cols)
-        mean = sub.h_sum / sub.n
-        var = float(sub.G.diagonal().sum()) / (sub.n * len(cols)) - float((mean * mean).mean())
+        idx = torch.as_tensor(cols, device=tr.M.device)
+        mean = tr.h_sum[idx] / tr.n
+        var = float(tr.G.diagonal()[idx].sum()) / (tr.n * len(cols)) - float((mean * mean).mean())
         dt = _DTYPES[self.dtype]
         self.fusion_mean_ = mean.to(dt)
         self.fusion_scale_ = float(1.0 / np.sqrt(max(var, 1e-12)))
