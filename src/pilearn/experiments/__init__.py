@@ -1,10 +1,12 @@
 """Benchmark suites: PIL side by side with the methods a user would otherwise pick."""
 
 from .classify import ClassifyConfig, make_config as make_classify_config, render as render_classify, run_classify
+from .flow import FlowConfig, make_config as make_flow_config, render as render_flow, run_flow
 
 #: suite name -> (config factory, runner); ``pilearn bench`` with no suite runs them all
-SUITES = {"classify": (make_classify_config, run_classify)}
+SUITES = {"classify": (make_classify_config, run_classify), "flow": (make_flow_config, run_flow)}
 #: suite name -> renderer of a results folder (tables and plots come from results.json only)
-RENDERERS = {"classify": render_classify}
+RENDERERS = {"classify": render_classify, "flow": render_flow}
 
-__all__ = ["SUITES", "ClassifyConfig", "run_classify", "make_classify_config"]
+__all__ = ["SUITES", "ClassifyConfig", "FlowConfig", "run_classify", "run_flow", "make_classify_config",
+           "make_flow_config"]

@@ -6,6 +6,7 @@ Pure tensor math: no modules, no scikit-learn, no files, no printing.
 from ._gram import gram_update_, symmetrize
 from ._linalg import MAX_CONDITION, IllConditionedWarning, spd_solve
 from ._ridge import RidgePath, RidgeSolution, RidgeStats
+from ._select import DEFAULT_HOLDOUT_GRID, holdout_scan, lam_scale
 
 __all__ = [
     "RidgeStats",
@@ -16,4 +17,7 @@ __all__ = [
     "gram_update_",
     "symmetrize",
     "MAX_CONDITION",
+    "DEFAULT_HOLDOUT_GRID",
+    "holdout_scan",
+    "lam_scale",
 ]

@@ -1,0 +1,367 @@
+"""``pilearn bench flow`` and ``pilearn ablate flow``: PIL flow matching against gradient flow matching.
+
+Rows, per data set, all in one process on the same data:
+
+* **PIL flow** (:class:`~pilearn.generative.PILFlowMatching`), fitted once in closed form.
+* **gradient FM, MLP** and, for images, **gradient FM, U-Net** (torchcfm's loss and loop, AdamW): time-matched to
+  the PIL fit (the same wall-clock budget), and trained to convergence (validation flow-matching loss with
+  patience, capped at ``converge_seconds``; the row records which stopped it).
+* **empirical optimum**: the exact velocity field of the training set (the memorization reference).
+
+Quality: images: FD-LeNet (Fréchet distance in the 84-d features of a LeNet trained here on the same data set;
+not FID), the class accuracy of conditional samples under that LeNet, and the nearest-training-image distance of
+samples against that of test images; 2-D: exact W2 and RBF MMD² against fresh data. Also fit time, sampling time,
+number of function evaluations (NFE), and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..data import load_dataset, make_toy_2d
+from ..generative import EmpiricalVelocityField, PILFlowMatching, integrate
+from ..metrics import class_accuracy, fd_lenet, lenet_for, memorization_report, mmd_rbf, wasserstein2
+from ._flow_baselines import ConvVelocity, MLPVelocity, model_velocity, train_flow_matching
+from ._results import PeakMemory, Stopwatch, default_out_dir, environment, markdown_table, write_results
+
+Scale = Literal["smoke", "small", "full"]
+GROUPS = ("pil", "mlp", "conv", "empirical")
+
+
+@dataclass
+class FlowConfig:
+    """One run of the flow suite. ``scale`` picks the sizes below; fields override them."""
+
+    scale: Scale = "small"
+    toys: tuple[str, ...] = ("8gaussians", "moons", "checkerboard")
+    datasets: tuple[str, ...] = ("mnist",)
+    n_toy: int = 20000
+    n_train: int | None = None  # None: the whole training split
+    n_samples: int = 2000  # samples per model for every metric
+    n_reference: int = 10000  # test images the FD compares against
+    # PIL flow on images
+    width: int = 1024
+    time_buckets: int = 4
+    draws: int = 2
+    # PIL flow on 2-D toys
+    toy_width: int = 256
+    toy_time_buckets: int = 8
+    toy_draws: int = 4
+    method: str = "heun"
+    steps: int = 50
+    # gradient baselines
+    mlp_hidden: int = 512
+    mlp_depth: int = 3
+    toy_mlp_hidden: int = 256
+    conv_channels: tuple[int, ...] = (32, 64)
+    converge_seconds: float = 900.0  # cap of a "to convergence" run
+    toy_converge_seconds: float = 300.0
+    patience: int = 5
+    lenet_epochs: int = 3
+    empirical_samples: int = 500
+    groups: tuple[str, ...] | None = None
+    seed: int = 0
+    device: str = "cpu"
+    out: Path | None = None
+
+
+SCALES: dict[str, dict[str, Any]] = {
+    "smoke": dict(toys=("8gaussians",), datasets=("digits",), n_toy=2000, n_samples=500, n_reference=1000,
+                  width=128, time_buckets=2, draws=1, toy_width=64, toy_time_buckets=4, toy_draws=2, steps=10,
+                  mlp_hidden=64, mlp_depth=2, toy_mlp_hidden=64, conv_channels=(8, 16), converge_seconds=5.0,
+                  toy_converge_seconds=5.0, patience=2, lenet_epochs=15, empirical_samples=100),
+    "small": {},
+    "full": dict(datasets=("mnist", "fashion-mnist"), width=2048, draws=4, n_samples=10000,
+                 converge_seconds=3600.0, empirical_samples=2000),
+}
+
+
+def make_config(scale: Scale = "small", **overrides: Any) -> FlowConfig:
+    """The config of a scale, with ``overrides`` (unknown keys raise ``TypeError``)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
+    cfg = replace(FlowConfig(scale=scale), **{**SCALES[scale], **overrides})
+    if cfg.groups is not None:
+        unknown = sorted(set(cfg.groups) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"groups must be among {GROUPS}, got unknown {unknown}")
+    return cfg
+
+
+def _on(cfg: FlowConfig, group: str) -> bool:
+    return cfg.groups is None or group in cfg.groups
+
+
+def _progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- images
+def _load_images(name: str, cfg: FlowConfig):
+    X, y = load_dataset(name, "train")
+    Xt, yt = load_dataset(name, "test")
+    if cfg.n_train is not None:
+        X, y = X[: cfg.n_train], y[: cfg.n_train]
+    shape = tuple(int(v) for v in X.shape[1:])  # (C, H, W)
+    return X.reshape(len(X), -1).astype(np.float32), y, Xt.reshape(len(Xt), -1).astype(np.float32), yt, shape
+
+
+def _image_metrics(x: torch.Tensor, req: np.ndarray, net, X01: np.ndarray, Xt01: np.ndarray, cfg: FlowConfig) -> dict:
+    """Metrics of samples ``x`` in the model's [−1, 1] scale, mapped to [0, 1] pixels and clipped."""
+    img = ((x.float() + 1) / 2).clamp(0, 1)
+    ref = torch.from_numpy(Xt01[: cfg.n_reference])
+    mem = memorization_report(img, X01, Xt01, n=min(len(img), 1000), seed=cfg.seed)
+    return {"fd_lenet": fd_lenet(img, ref, net), "class_accuracy": class_accuracy(img, req, net),
+            "nn_ratio": mem["ratio"], "near_copy_fraction": mem["near_copy_fraction"],
+            "median_nn_train": mem["median_samples_to_train"], "median_test_nn_train": mem["median_test_to_train"]}
+
+
+def _grid_png(x: torch.Tensor, shape: tuple[int, ...], path: Path, n_classes: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c, h, w = shape
+    img = ((x[: n_classes * 10].float() + 1) / 2).clamp(0, 1).reshape(10, n_classes, h, w)
+    grid = img.permute(0, 2, 1, 3).reshape(10 * h, n_classes * w).numpy()
+    plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)
+
+
+def _sample_rows(label: str, field, x0: torch.Tensor, cfg: FlowConfig, **ode: Any) -> tuple[torch.Tensor, dict]:
+    with Stopwatch(cfg.device) as sw:
+        res = integrate(field, x0, method=ode.get("method", cfg.method), steps=ode.get("steps", cfg.steps))
+    return res.x, {"sample_seconds": sw.seconds, "nfe": res.nfe, "ode": f"{ode.get('method', cfg.method)}"
+                   f"/{ode.get('steps', cfg.steps)}"}
+
+
+def _pil_params(cfg: FlowConfig, toy: bool) -> dict:
+    if toy:
+        return dict(width=cfg.toy_width, time_buckets=cfg.toy_time_buckets, draws=cfg.toy_draws)
+    return dict(width=cfg.width, time_buckets=cfg.time_buckets, draws=cfg.draws)
+
+
+def _fit_pil(cfg: FlowConfig, X, y, **params: Any) -> tuple[PILFlowMatching, dict]:
+    model = PILFlowMatching(random_state=cfg.seed, device=cfg.device, **params)
+    with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
+        model.fit(X, y)
+    rels = [h.lam_relative for h in model.heads_.values() if h.lam_relative is not None]
+    return model, {"fit_seconds": sw.seconds, "peak_mb": mem.peak_mb, "n_heads": len(model.heads_),
+                   "n_draws": model.n_draws_, "lam_relative_median": float(np.median(rels)) if rels else None,
+                   "params": {k: v for k, v in model.get_params().items() if k in params}}
+
+
+def _fit_gradient(cfg: FlowConfig, net: torch.nn.Module, X, y, *, budget: float | None, converge_cap: float,
+                  lr: float) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(cfg.seed)
+    kw: dict[str, Any] = dict(lr=lr, seed=cfg.seed, device=cfg.device)
+    if budget is not None:
+        kw.update(time_budget=budget)
+    else:
+        kw.update(time_budget=converge_cap, epochs=10_000, val_fraction=0.05, patience=cfg.patience)
+    with PeakMemory(device=cfg.device) as mem:
+        res = train_flow_matching(net, X, y, **kw)
+    return res.model, {"fit_seconds": res.seconds, "peak_mb": mem.peak_mb, "steps": res.steps,
+                       "epochs": res.epochs, "n_params": res.n_params, "stop": res.stop_reason,
+                       "final_train_loss": res.final_train_loss, "best_val_loss": res.best_val_loss}
+
+
+def _image_rows(name: str, cfg: FlowConfig, out: Path) -> tuple[list[dict], dict]:
+    X01, y, Xt01, yt, shape = _load_images(name, cfg)
+    X = X01 * 2 - 1  # the model scale: [−1, 1]
+    n_classes = int(y.max()) + 1
+    _progress(f"{name}: LeNet for FD-LeNet ({cfg.lenet_epochs} epochs)")
+    net = lenet_for(name, X01, y, in_shape=shape, seed=cfg.seed, epochs=cfg.lenet_epochs)
+    lenet_acc = class_accuracy(torch.from_numpy(Xt01), yt, net)
+    req = np.arange(cfg.n_samples) % n_classes
+    x0 = torch.randn(cfg.n_samples, X.shape[1], generator=torch.Generator().manual_seed(cfg.seed + 1))
+    rows: list[dict] = []
+    base = {"dataset": name}
+    # training images themselves: the floor FD-LeNet and class accuracy are read against (their NN ratio is 0
+    # by construction, so it is not reported)
+    pick = np.random.default_rng(cfg.seed).permutation(len(X))[: cfg.n_samples]
+    real = _image_metrics(torch.from_numpy(X[pick]), y[pick], net, X01, Xt01, cfg)
+    rows.append({**base, "method": "training images (reference)", "family": "data", "fd_lenet": real["fd_lenet"],
+                 "class_accuracy": real["class_accuracy"]})
+    pil_seconds = None
+    if _on(cfg, "pil"):
+        _progress(f"{name}: PIL flow fit")
+        model, info = _fit_pil(cfg, X, y, **_pil_params(cfg, toy=False))
+        pil_seconds = info["fit_seconds"]
+        x, s = _sample_rows("pil", lambda x, t: model.velocity(x, t, req), x0, cfg)
+        _grid_png(x, shape, out / f"{name}_pil.png", n_classes)
+        rows.append({**base, "method": f"PIL flow (width {cfg.width}, K={cfg.time_buckets})", "family": "PIL",
+                     **info, **s, **_image_metrics(x, req, net, X01, Xt01, cfg)})
+        _progress(f"{name}: PIL flow done ({pil_seconds:.0f} s): FD-LeNet {rows[-1]['fd_lenet']:.2f}")
+    dim = X.shape[1]
+    nets = []
+    if _on(cfg, "mlp"):
+        nets.append(("MLP", lambda: MLPVelocity(dim, hidden=cfg.mlp_hidden, depth=cfg.mlp_depth,
+                                                n_classes=n_classes), 1e-3))
+    if _on(cfg, "conv"):
+        nets.append(("U-Net", lambda: ConvVelocity(shape, channels=cfg.conv_channels, n_classes=n_classes), 2e-3))
+    for arch, make, lr in nets:
+        for regime, budget in (("time-matched", pil_seconds), ("converged", None)):
+            if regime == "time-matched" and budget is None:
+                continue
+            _progress(f"{name}: gradient FM {arch}, {regime}")
+            torch.manual_seed(cfg.seed)
+            trained, info = _fit_gradient(cfg, make(), X, y, budget=budget, converge_cap=cfg.converge_seconds, lr=lr)
+            x, s = _sample_rows(arch, model_velocity(trained, torch.from_numpy(req)), x0, cfg)
+            tag = f"{arch}-{regime}"
+            _grid_png(x, shape, out / f"{name}_{tag}.png", n_classes)
+            rows.append({**base, "method": f"gradient FM {arch} ({regime})", "family": "gradient", **info, **s,
+                         **_image_metrics(x, req, net, X01, Xt01, cfg)})
+    if _on(cfg, "empirical"):
+        _progress(f"{name}: empirical optimal field ({cfg.empirical_samples} samples)")
+        field = EmpiricalVelocityField(X, y)
+        m = cfg.empirical_samples
+        x, s = _sample_rows("emp", lambda x, t: field.velocity(x, t, req[:m]), x0[:m], cfg)
+        _grid_png(x, shape, out / f"{name}_empirical.png", n_classes)
+        rows.append({**base, "method": "empirical optimum (memorizes)", "family": "reference", "fit_seconds": 0.0,
+                     **s, **_image_metrics(x, req[:m], net, X01, Xt01, cfg)})
+    return rows, {"n_train": len(X), "n_test": len(Xt01), "lenet_test_accuracy": lenet_acc, "image_shape": shape}
+
+
+# ---------------------------------------------------------------------- 2-D toys
+def _toy_metrics(x: torch.Tensor, fresh: np.ndarray) -> dict:
+    return {"w2": wasserstein2(x, fresh), "mmd2": mmd_rbf(x, fresh)}
+
+
+def _toy_rows(name: str, cfg: FlowConfig, out: Path) -> list[dict]:
+    X = make_toy_2d(name, cfg.n_toy, seed=cfg.seed)
+    n_eval = min(cfg.n_samples, 2000)
+    fresh = make_toy_2d(name, n_eval, seed=cfg.seed + 1000)
+    x0 = torch.randn(n_eval, 2, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    rows: list[dict] = [{"dataset": name, "method": "fresh data (reference)", "family": "data",
+                         **_toy_metrics(torch.from_numpy(make_toy_2d(name, n_eval, seed=cfg.seed + 2000)), fresh)}]
+    plots: dict[str, np.ndarray] = {}
+    pil_seconds = None
+    if _on(cfg, "pil"):
+        model, info = _fit_pil(cfg, X, None, **_pil_params(cfg, toy=True))
+        pil_seconds = info["fit_seconds"]
+        with Stopwatch(cfg.device) as sw:
+            res = integrate(lambda x, t: model.velocity(x, t), x0, method=cfg.method, steps=cfg.steps,
+                            return_trajectory=True, trajectory_points=11)
+        plots["PIL flow"] = res.x.numpy()
+        _trajectory_png(res.trajectory.numpy(), out / f"{name}_pil_trajectories.png", name)
+        rows.append({"dataset": name, "method": f"PIL flow (width {cfg.toy_width}, K={cfg.toy_time_buckets})",
+                     "family": "PIL", **info, "sample_seconds": sw.seconds, "nfe": res.nfe,
+                     "ode": f"{cfg.method}/{cfg.steps}", **_toy_metrics(res.x, fresh)})
+    if _on(cfg, "mlp"):
+        for regime, budget in (("time-matched", pil_seconds), ("10x PIL time", None if pil_seconds is None
+                                                                else 10 * pil_seconds), ("converged", None)):
+            if regime != "converged" and budget is None:
+                continue
+            torch.manual_seed(cfg.seed)
+            trained, info = _fit_gradient(cfg, MLPVelocity(2, hidden=cfg.toy_mlp_hidden, depth=3), X, None,
+                                          budget=budget, converge_cap=cfg.toy_converge_seconds, lr=1e-3)
+            x, s = _sample_rows("mlp", model_velocity(trained), x0, cfg)
+            plots[f"gradient MLP ({regime})"] = x.numpy()
+            rows.append({"dataset": name, "method": f"gradient FM MLP ({regime})", "family": "gradient", **info,
+                         **s, **_toy_metrics(x, fresh)})
+    _scatter_png(X[:n_eval], plots, out / f"{name}_samples.png", name)
+    return rows
+
+
+def _trajectory_png(traj: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(traj[0, :, 0], traj[0, :, 1], s=2, c="tab:gray", alpha=0.4, label="t = 0 (noise)")
+    for i in range(min(300, traj.shape[1])):
+        ax.plot(traj[:, i, 0], traj[:, i, 1], lw=0.4, c="tab:olive", alpha=0.5)
+    ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=2, c="tab:red", alpha=0.6, label="t = 1 (samples)")
+    ax.set_title(f"PIL flow trajectories: {title}")
+    ax.legend(fontsize=7, markerscale=4)
+    ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _scatter_png(data: np.ndarray, plots: dict[str, np.ndarray], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {"data": data, **plots}
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    lim = np.abs(data).max() * 1.3
+    for ax, (label, pts) in zip(axes[0], panels.items()):
+        ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+        ax.set_title(label, fontsize=8)
+        ax.set_aspect("equal")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------- report
+IMAGE_COLUMNS = [("method", "method"), ("fit_seconds", "fit s"), ("fd_lenet", "FD-LeNet ↓"),
+                 ("class_accuracy", "class acc ↑"), ("nn_ratio", "NN ratio (≥ 0.9)"),
+                 ("near_copy_fraction", "near copies"), ("sample_seconds", "sample s"), ("nfe", "NFE"),
+                 ("peak_mb", "peak MB"), ("stop", "stopped by")]
+TOY_COLUMNS = [("method", "method"), ("fit_seconds", "fit s"), ("w2", "W2 ↓"), ("mmd2", "MMD² ↓"),
+               ("sample_seconds", "sample s"), ("nfe", "NFE"), ("peak_mb", "peak MB"), ("stop", "stopped by")]
+
+
+def render_markdown(results: dict) -> str:
+    env = results["environment"]
+    parts = [f"# flow benchmark ({results['config']['scale']})", "", f"Command: `{results['command']}`  ",
+             f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']} ({env['torch_threads']} "
+             f"threads), device {env['device']}  ", f"Revision: {env['git_revision']}, {env['time_utc']}", "",
+             "FD-LeNet is the Fréchet distance in the features of a LeNet trained here on the same data set (not "
+             "FID). NN ratio = median distance of samples to their nearest training image / the same for test "
+             "images (≥ 0.9: new images, not copies). Samples are clipped to [0, 1] before every image metric.", ""]
+    for ds, info in results["datasets"].items():
+        rows = [r for r in results["rows"] if r["dataset"] == ds]
+        cols = TOY_COLUMNS if "w2" in rows[0] else IMAGE_COLUMNS
+        head = f"## {ds}"
+        if "n_train" in info:
+            head += (f" (train {info['n_train']}, LeNet test accuracy {100 * info['lenet_test_accuracy']:.2f} %)")
+        parts += [head, "", markdown_table(rows, cols), ""]
+    return "\n".join(parts)
+
+
+def render(out: Path) -> None:
+    """Rebuild ``results.md`` in ``out`` from its ``results.json``."""
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.md").write_text(render_markdown(results) + "\n")
+
+
+def run_flow(cfg: FlowConfig, command: str = "pilearn bench flow") -> dict:
+    """Run the suite; write ``results.json``, ``results.md``, sample grids and 2-D plots; return the results."""
+    out = Path(cfg.out) if cfg.out is not None else default_out_dir("flow")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"suite": "flow", "command": command, "config": asdict(cfg),
+                               "environment": environment(cfg.device), "rows": [], "datasets": {}}
+    for name in cfg.toys:
+        _progress(f"toy {name}")
+        results["rows"] += _toy_rows(name, cfg, out)
+        results["datasets"][name] = {"n_toy": cfg.n_toy, "kind": "2-D"}
+    for name in cfg.datasets:
+        rows, info = _image_rows(name, cfg, out)
+        results["rows"] += rows
+        results["datasets"][name] = info
+    results["total_seconds"] = time.perf_counter() - t0
+    write_results(out, results)
+    render(out)
+    _progress(f"wrote {out / 'results.json'}, results.md and PNGs")
+    return results
