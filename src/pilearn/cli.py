@@ -1,4 +1,4 @@
-"""The ``pilearn`` command: ``pilearn bench [SUITE] --scale smoke|small|full --out DIR --device DEV``."""
+"""The ``pilearn`` command: ``pilearn bench [SUITE] --scale smoke|small|full --out DIR`` and ``pilearn ablate SUITE``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", default=None, metavar="GROUP",
                    help="run only these row groups of the suite (classify: dense conv bipil-seed deep mlp kernel "
                         "hpelm floor)")
+    a = sub.add_parser("ablate", help="run the ablation studies of a suite")
+    a.add_argument("suite", choices=("flow",))
+    a.add_argument("--study", nargs="+", default=["all"], help="flow: width fusion lambda time buckets conditioning "
+                   "layers steps, or all (default)")
+    a.add_argument("--scale", choices=("smoke", "small", "full"), default="small")
+    a.add_argument("--out", type=Path, default=None, help="output folder (default runs/ablate-<suite>-<time>/)")
+    a.add_argument("--device", default="cpu")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--dataset", default=None, help="override the data set (flow: mnist, fashion-mnist, digits)")
     r = sub.add_parser("report", help="rebuild results.md and the plots of a results folder from its results.json")
     r.add_argument("folder", type=Path)
     return p
@@ -38,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "report":
         return _report(args.folder)
+    command = "pilearn " + " ".join(shlex.quote(a) for a in argv)
+    if args.command == "ablate":
+        return _ablate(args, command)
     if args.device.startswith("cuda"):
         import torch
 
@@ -45,7 +57,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"pilearn: --device {args.device} asked for, but torch sees no CUDA device", file=sys.stderr)
             return 2
     suites = [args.suite] if args.suite else sorted(SUITES)
-    command = "pilearn " + " ".join(shlex.quote(a) for a in argv)
     for name in suites:
         make_config, run = SUITES[name]
         overrides = {"device": args.device, "seed": args.seed}
@@ -56,6 +67,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only:
             overrides["groups"] = tuple(args.only)
         run(make_config(args.scale, **overrides), command=command)
+    return 0
+
+
+def _ablate(args: argparse.Namespace, command: str) -> int:
+    from .experiments.flow import STUDIES, make_ablation_config, run_ablate_flow
+
+    studies = STUDIES if "all" in args.study else tuple(args.study)
+    overrides = {"device": args.device, "seed": args.seed, "studies": studies, "out": args.out}
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    try:
+        cfg = make_ablation_config(args.scale, **overrides)
+    except ValueError as err:
+        print(f"pilearn ablate: {err}", file=sys.stderr)
+        return 2
+    run_ablate_flow(cfg, command=command)
     return 0
 
 

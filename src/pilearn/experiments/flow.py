@@ -64,6 +64,7 @@ class FlowConfig:
     conv_channels: tuple[int, ...] = (32, 64)
     converge_seconds: float = 900.0  # cap of a "to convergence" run
     toy_converge_seconds: float = 300.0
+    toy_time_multiple: float = 10.0  # the issue's bar: PIL's W2 against the gradient MLP given this × PIL's time
     patience: int = 5
     lenet_epochs: int = 3
     empirical_samples: int = 500
@@ -74,10 +75,11 @@ class FlowConfig:
 
 
 SCALES: dict[str, dict[str, Any]] = {
-    "smoke": dict(toys=("8gaussians",), datasets=("digits",), n_toy=2000, n_samples=500, n_reference=1000,
-                  width=128, time_buckets=2, draws=1, toy_width=64, toy_time_buckets=4, toy_draws=2, steps=10,
-                  mlp_hidden=64, mlp_depth=2, toy_mlp_hidden=64, conv_channels=(8, 16), converge_seconds=5.0,
-                  toy_converge_seconds=5.0, patience=2, lenet_epochs=15, empirical_samples=100),
+    "smoke": dict(toys=("8gaussians",), datasets=("digits",), n_toy=1000, n_samples=300, n_reference=450,
+                  width=64, time_buckets=2, draws=1, toy_width=32, toy_time_buckets=2, toy_draws=1, steps=5,
+                  mlp_hidden=32, mlp_depth=2, toy_mlp_hidden=32, conv_channels=(4, 8), converge_seconds=1.0,
+                  toy_converge_seconds=1.0, toy_time_multiple=2.0, patience=2, lenet_epochs=15,
+                  empirical_samples=50),
     "small": {},
     "full": dict(datasets=("mnist", "fashion-mnist"), width=2048, draws=4, n_samples=10000,
                  converge_seconds=3600.0, empirical_samples=2000),
@@ -131,14 +133,16 @@ def _grid_png(x: torch.Tensor, shape: tuple[int, ...], path: Path, n_classes: in
     import matplotlib.pyplot as plt
 
     c, h, w = shape
-    img = ((x[: n_classes * 10].float() + 1) / 2).clamp(0, 1).reshape(10, n_classes, h, w)
-    grid = img.permute(0, 2, 1, 3).reshape(10 * h, n_classes * w).numpy()
+    r = max(1, min(10, len(x) // n_classes))  # rows of the grid; column j holds class j (samples asked as i % C)
+    img = ((x[: n_classes * r].float() + 1) / 2).clamp(0, 1).reshape(r, n_classes, h, w)
+    grid = img.permute(0, 2, 1, 3).reshape(r * h, n_classes * w).numpy()
     plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)
 
 
 def _sample_rows(label: str, field, x0: torch.Tensor, cfg: FlowConfig, **ode: Any) -> tuple[torch.Tensor, dict]:
+    clamped = lambda x, t: field(x, t.clamp(0.0, 1.0))  # noqa: E731  (dopri5 probes a hair past t = 1)
     with Stopwatch(cfg.device) as sw:
-        res = integrate(field, x0, method=ode.get("method", cfg.method), steps=ode.get("steps", cfg.steps))
+        res = integrate(clamped, x0, method=ode.get("method", cfg.method), steps=ode.get("steps", cfg.steps))
     return res.x, {"sample_seconds": sw.seconds, "nfe": res.nfe, "ode": f"{ode.get('method', cfg.method)}"
                    f"/{ode.get('steps', cfg.steps)}"}
 
@@ -250,15 +254,17 @@ def _toy_rows(name: str, cfg: FlowConfig, out: Path) -> list[dict]:
         pil_seconds = info["fit_seconds"]
         with Stopwatch(cfg.device) as sw:
             res = integrate(lambda x, t: model.velocity(x, t), x0, method=cfg.method, steps=cfg.steps,
-                            return_trajectory=True, trajectory_points=11)
+                            return_trajectory=True, trajectory_points=min(11, cfg.steps + 1))
         plots["PIL flow"] = res.x.numpy()
         _trajectory_png(res.trajectory.numpy(), out / f"{name}_pil_trajectories.png", name)
         rows.append({"dataset": name, "method": f"PIL flow (width {cfg.toy_width}, K={cfg.toy_time_buckets})",
                      "family": "PIL", **info, "sample_seconds": sw.seconds, "nfe": res.nfe,
                      "ode": f"{cfg.method}/{cfg.steps}", **_toy_metrics(res.x, fresh)})
     if _on(cfg, "mlp"):
-        for regime, budget in (("time-matched", pil_seconds), ("10x PIL time", None if pil_seconds is None
-                                                                else 10 * pil_seconds), ("converged", None)):
+        multiple = f"{cfg.toy_time_multiple:g}x PIL time"
+        for regime, budget in (("time-matched", pil_seconds), (multiple, None if pil_seconds is None
+                                                               else cfg.toy_time_multiple * pil_seconds),
+                               ("converged", None)):
             if regime != "converged" and budget is None:
                 continue
             torch.manual_seed(cfg.seed)
@@ -365,3 +371,139 @@ def run_flow(cfg: FlowConfig, command: str = "pilearn bench flow") -> dict:
     render(out)
     _progress(f"wrote {out / 'results.json'}, results.md and PNGs")
     return results
+
+
+# ---------------------------------------------------------------------- ablations (seed 000 §2.5)
+STUDIES = ("width", "fusion", "lambda", "time", "buckets", "conditioning", "layers", "steps")
+
+
+@dataclass
+class FlowAblationConfig:
+    """``pilearn ablate flow``: one factor at a time around ``base`` on one image data set."""
+
+    scale: Scale = "small"
+    dataset: str = "mnist"
+    n_train: int | None = 20000
+    n_samples: int = 1000
+    n_reference: int = 10000
+    base: dict[str, Any] | None = None  # PILFlowMatching parameters every study starts from
+    widths: tuple[int, ...] = (256, 512, 1024, 2048)
+    lams: tuple[float | str, ...] = (1e-3, 1e-4, 1e-5, 1e-6, "holdout")
+    buckets: tuple[int, ...] = (1, 2, 4, 8)
+    steps: tuple[int, ...] = (10, 50, 100, 500)
+    step_methods: tuple[str, ...] = ("euler", "heun")
+    method: str = "heun"
+    n_steps: int = 50
+    studies: tuple[str, ...] = STUDIES
+    lenet_epochs: int = 3
+    seed: int = 0
+    device: str = "cpu"
+    out: Path | None = None
+
+
+ABLATION_SCALES: dict[str, dict[str, Any]] = {
+    "smoke": dict(dataset="digits", n_train=None, n_samples=300, n_reference=450, widths=(64, 128),
+                  lams=(1e-3, "holdout"), buckets=(1, 2), steps=(5, 10), lenet_epochs=15,
+                  base=dict(width=128, time_buckets=2, draws=1)),
+    "small": {},
+    "full": dict(n_train=None, n_samples=5000, widths=(256, 512, 1024, 2048, 4096)),
+}
+_ABLATION_BASE = dict(width=1024, time_buckets=4, draws=2)
+
+
+def make_ablation_config(scale: Scale = "small", **overrides: Any) -> FlowAblationConfig:
+    """The ablation config of a scale, with ``overrides`` (unknown keys raise ``TypeError``)."""
+    if scale not in ABLATION_SCALES:
+        raise ValueError(f"scale must be one of {tuple(ABLATION_SCALES)}, got {scale!r}")
+    cfg = replace(FlowAblationConfig(scale=scale), **{**ABLATION_SCALES[scale], **overrides})
+    unknown = sorted(set(cfg.studies) - set(STUDIES))
+    if unknown:
+        raise ValueError(f"studies must be among {STUDIES} (or 'all'), got unknown {unknown}")
+    return cfg
+
+
+def _study_variants(study: str, cfg: FlowAblationConfig, base: dict) -> list[tuple[str, dict]]:
+    w = base["width"]
+    if study == "width":
+        return [(f"width {v}", {"width": v}) for v in cfg.widths]
+    if study == "fusion":  # Bi-PIL as the seed notes describe it, against one projection of equal total width
+        return [(f"single, width {w}", {"fusion": "single", "width": w}),
+                (f"concat, 2 × {w // 2}", {"fusion": "concat", "width": w // 2}),
+                (f"add, 2 × {w} summed", {"fusion": "add", "width": w})]
+    if study == "lambda":
+        return [(f"λ = {v}" if v != "holdout" else "λ by hold-out", {"lam": v}) for v in cfg.lams]
+    if study == "time":
+        return [(f"time embedding {v}", {"time_embedding": v}) for v in ("sinusoidal", "fourier", "none")]
+    if study == "buckets":
+        return [(f"K = {v} time buckets", {"time_buckets": v}) for v in cfg.buckets]
+    if study == "conditioning":
+        return [(f"conditioning {v}", {"conditioning": v}) for v in ("separate", "features")]
+    if study == "layers":
+        return [(f"{v} layer(s)", {"num_layers": v}) for v in (1, 2)]
+    raise ValueError(study)
+
+
+def run_ablate_flow(cfg: FlowAblationConfig, command: str = "pilearn ablate flow") -> dict:
+    """Fit one PIL flow per variant of each study; write ``results.json`` and ``results.md``."""
+    out = Path(cfg.out) if cfg.out is not None else default_out_dir("ablate-flow")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    base = {**_ABLATION_BASE, **(cfg.base or {})}
+    icfg = FlowConfig(n_train=cfg.n_train, n_samples=cfg.n_samples, n_reference=cfg.n_reference,
+                      method=cfg.method, steps=cfg.n_steps, seed=cfg.seed, device=cfg.device)
+    X01, y, Xt01, _, shape = _load_images(cfg.dataset, icfg)
+    X = X01 * 2 - 1
+    net = lenet_for(cfg.dataset, *_load_images(cfg.dataset, replace(icfg, n_train=None))[:2],
+                    in_shape=shape, seed=cfg.seed, epochs=cfg.lenet_epochs)
+    req = np.arange(cfg.n_samples) % (int(y.max()) + 1)
+    x0 = torch.randn(cfg.n_samples, X.shape[1], generator=torch.Generator().manual_seed(cfg.seed + 1))
+    rows: list[dict] = []
+    for study in cfg.studies:
+        variants = [("base", {})] if study == "steps" else _study_variants(study, cfg, base)
+        for label, change in variants:
+            params = {**base, **change}
+            _progress(f"ablate {study}: {label}")
+            model, info = _fit_pil(icfg, X, y, **params)
+            field = lambda x, t, model=model: model.velocity(x, t, req)  # noqa: E731
+            if study != "steps":
+                x, s = _sample_rows(study, field, x0, icfg)
+                rows.append({"study": study, "variant": label, **info, **s,
+                             **_image_metrics(x, req, net, X01, Xt01, icfg)})
+                continue
+            for method in cfg.step_methods:
+                for n_steps in cfg.steps:
+                    x, s = _sample_rows(study, field, x0, icfg, method=method, steps=n_steps)
+                    rows.append({"study": study, "variant": f"{method}, {n_steps} steps", **info, **s,
+                                 **_image_metrics(x, req, net, X01, Xt01, icfg)})
+            x, s = _sample_rows(study, field, x0, icfg, method="dopri5", steps=1)
+            rows.append({"study": study, "variant": "dopri5 (adaptive, rtol = atol = 1e-5)", **info, **s,
+                         "ode": "dopri5", **_image_metrics(x, req, net, X01, Xt01, icfg)})
+    results = {"suite": "ablate-flow", "command": command, "config": asdict(cfg), "base": base,
+               "environment": environment(cfg.device), "rows": rows, "total_seconds": time.perf_counter() - t0,
+               "datasets": {cfg.dataset: {"n_train": len(X)}}}
+    write_results(out, results)
+    render_ablation(out)
+    _progress(f"wrote {out / 'results.json'} and results.md")
+    return results
+
+
+ABLATION_COLUMNS = [("variant", "variant"), ("fit_seconds", "fit s"), ("fd_lenet", "FD-LeNet ↓"),
+                    ("class_accuracy", "class acc ↑"), ("nn_ratio", "NN ratio"), ("sample_seconds", "sample s"),
+                    ("nfe", "NFE"), ("peak_mb", "peak MB"), ("lam_relative_median", "λ/scale (median)")]
+
+
+def render_ablation(out: Path) -> None:
+    """Rebuild ``results.md`` of an ablation folder from its ``results.json``."""
+    results = json.loads((out / "results.json").read_text())
+    env, cfg = results["environment"], results["config"]
+    parts = [f"# flow ablations ({cfg['scale']}): {cfg['dataset']}, {results['datasets'][cfg['dataset']]['n_train']}"
+             f" training images", "", f"Command: `{results['command']}`  ",
+             f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, device {env['device']}  ",
+             f"Revision: {env['git_revision']}, {env['time_utc']}  ",
+             f"Base model: `PILFlowMatching({', '.join(f'{k}={v!r}' for k, v in results['base'].items())})`, "
+             f"sampled with {cfg['method']}/{cfg['n_steps']} unless the study varies it; {cfg['n_samples']} "
+             "class-conditional samples per row.", ""]
+    for study in dict.fromkeys(r["study"] for r in results["rows"]):
+        parts += [f"## {study}", "", markdown_table([r for r in results["rows"] if r["study"] == study],
+                                                     ABLATION_COLUMNS), ""]
+    (out / "results.md").write_text("\n".join(parts) + "\n")
