@@ -181,4 +181,4 @@ def test_bad_input_is_refused_clearly():
     with pytest.raises(ValueError, match="fitted without labels"):
         uncond.velocity(torch.zeros(2, 2), 0.5, [0, 1])
     with pytest.raises(ValueError, match="needs points on both sides"):
-        PILFlowMatching(width=8, time_buckets=1, validation_fraction=0.001).fit(X[:5])
+        PILFlowMatching(width=8, time_buckets=1, lam="holdout", validation_fraction=0.001).fit(X[:5])
