@@ -25,13 +25,7 @@ from pilearn.experiments._flow_baselines import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The nets here are tiny: one thread is faster than two fighting over a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_velocity(x: torch.Tensor, t: torch.Tensor, m: float, s: float) -> torch.Tensor:

@@ -4,19 +4,17 @@ import json
 import math
 
 import pytest
-import torch
 
 from pilearn.cli import main
 from pilearn.experiments.flow import make_ablation_config, make_config
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread(tmp_path, monkeypatch):
+def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PILEARN_CACHE", str(tmp_path / "cache"))  # the LeNet is trained here, not read from ~
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_bench_flow_smoke_writes_every_row_metric_and_figure(tmp_path):

@@ -12,13 +12,7 @@ from pilearn.generative._empirical import EmpiricalVelocityField
 from pilearn.generative._samplers import integrate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Thousands of tiny-tensor calls: intra-op threads only add contention on a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dense_denoiser(X: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,7 @@ from pilearn.generative import PILFlowMatching
 from pilearn.generative._flow import _Head
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: thread start-up costs more than the work on a loaded 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blobs(n: int = 240, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

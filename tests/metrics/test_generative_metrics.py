@@ -22,13 +22,7 @@ from pilearn.metrics import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CI machine is shared: two intra-op threads on two busy cores are much slower than one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _correlated(n: int, d: int, generator: torch.Generator, shift: float = 0.0) -> torch.Tensor:

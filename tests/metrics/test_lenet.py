@@ -15,13 +15,7 @@ from sklearn.model_selection import train_test_split
 from pilearn.metrics import LeNet, class_accuracy, lenet_for, load_lenet, save_lenet, train_lenet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CI machine is shared: two intra-op threads on two busy cores are ~30x slower than one."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
