@@ -66,6 +66,8 @@ def test_flow_configs_fail_loudly():
         make_config("huge")
     with pytest.raises(TypeError):
         make_config("smoke", widht=3)
+    with pytest.raises(ValueError, match="datasets must be among .* got unknown \\['cifar'\\]"):
+        make_config("smoke", datasets=("moons", "cifar"))
     with pytest.raises(ValueError, match="groups must be among"):
         make_config("smoke", groups=("pil", "gan"))
     with pytest.raises(ValueError, match="studies must be among"):

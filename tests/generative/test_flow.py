@@ -138,6 +138,7 @@ def test_fit_is_seeded():
         ({"lam": -1.0}, "lam must be a float >= 0"),
         ({"lam": "gcv"}, "lam must be a float >= 0"),
         ({"sigma": -0.1}, "sigma must be a finite float >= 0"),
+        ({"input_scale": 0.0}, "input_scale must be a finite float > 0"),
         ({"lam_grid": ()}, "lam_grid must be a non-empty"),
         ({"validation_fraction": 1.0}, "validation_fraction must be a float in"),
     ],

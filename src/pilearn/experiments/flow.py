@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from ..data import load_dataset, make_toy_2d
+from ..data import TOY_2D_NAMES, load_dataset, make_toy_2d
 from ..generative import EmpiricalVelocityField, PILFlowMatching, integrate
 from ..metrics import class_accuracy, fd_lenet, lenet_for, memorization_report, mmd_rbf, wasserstein2
 from ._flow_baselines import ConvVelocity, MLPVelocity, model_velocity, train_flow_matching
@@ -34,6 +34,7 @@ from ._results import PeakMemory, Stopwatch, default_out_dir, environment, markd
 
 Scale = Literal["smoke", "small", "full"]
 GROUPS = ("pil", "mlp", "conv", "empirical")
+IMAGE_DATASETS = ("digits", "mnist", "fashion-mnist")
 
 
 @dataclass
@@ -41,8 +42,8 @@ class FlowConfig:
     """One run of the flow suite. ``scale`` picks the sizes below; fields override them."""
 
     scale: Scale = "small"
-    toys: tuple[str, ...] = ("8gaussians", "moons", "checkerboard")
-    datasets: tuple[str, ...] = ("mnist",)
+    # 2-D toys (pilearn.data.TOY_2D_NAMES) and image data sets (digits, mnist, fashion-mnist), run in this order
+    datasets: tuple[str, ...] = ("8gaussians", "moons", "checkerboard", "mnist")
     n_toy: int = 20000
     n_train: int | None = None  # None: the whole training split
     n_samples: int = 2000  # samples per model for every metric
@@ -51,10 +52,11 @@ class FlowConfig:
     width: int = 1024
     time_buckets: int = 4
     draws: int = 2
-    # PIL flow on 2-D toys
-    toy_width: int = 256
+    # PIL flow on 2-D toys: low-dimensional data need a higher input scale (spatial frequency) than images
+    toy_width: int = 512
     toy_time_buckets: int = 8
-    toy_draws: int = 4
+    toy_draws: int = 2
+    toy_input_scale: float = 3.0
     method: str = "heun"
     steps: int = 25  # NFE 50 with Heun; `pilearn ablate flow --study steps` shows what more steps buy
     # gradient baselines
@@ -75,13 +77,13 @@ class FlowConfig:
 
 
 SCALES: dict[str, dict[str, Any]] = {
-    "smoke": dict(toys=("8gaussians",), datasets=("digits",), n_toy=1000, n_samples=300, n_reference=450,
+    "smoke": dict(datasets=("8gaussians", "digits"), n_toy=1000, n_samples=300, n_reference=450,
                   width=64, time_buckets=2, draws=1, toy_width=32, toy_time_buckets=2, toy_draws=1, steps=5,
                   mlp_hidden=32, mlp_depth=2, toy_mlp_hidden=32, conv_channels=(4, 8), converge_seconds=1.0,
                   toy_converge_seconds=1.0, toy_time_multiple=2.0, patience=2, lenet_epochs=15,
                   empirical_samples=50),
     "small": {},
-    "full": dict(datasets=("mnist", "fashion-mnist"), width=2048, n_samples=10000, steps=50,
+    "full": dict(datasets=("8gaussians", "moons", "checkerboard", "mnist", "fashion-mnist"), width=2048, n_samples=10000, steps=50,
                  conv_channels=(32, 64), converge_seconds=3600.0, toy_converge_seconds=600.0, empirical_samples=2000),
 }
 
@@ -95,6 +97,9 @@ def make_config(scale: Scale = "small", **overrides: Any) -> FlowConfig:
         unknown = sorted(set(cfg.groups) - set(GROUPS))
         if unknown:
             raise ValueError(f"groups must be among {GROUPS}, got unknown {unknown}")
+    unknown = sorted(set(cfg.datasets) - set(TOY_2D_NAMES) - set(IMAGE_DATASETS))
+    if unknown:
+        raise ValueError(f"datasets must be among {TOY_2D_NAMES + IMAGE_DATASETS}, got unknown {unknown}")
     return cfg
 
 
@@ -149,7 +154,8 @@ def _sample_rows(label: str, field, x0: torch.Tensor, cfg: FlowConfig, **ode: An
 
 def _pil_params(cfg: FlowConfig, toy: bool) -> dict:
     if toy:
-        return dict(width=cfg.toy_width, time_buckets=cfg.toy_time_buckets, draws=cfg.toy_draws)
+        return dict(width=cfg.toy_width, time_buckets=cfg.toy_time_buckets, draws=cfg.toy_draws,
+                    input_scale=cfg.toy_input_scale)
     return dict(width=cfg.width, time_buckets=cfg.time_buckets, draws=cfg.draws)
 
 
@@ -257,7 +263,8 @@ def _toy_rows(name: str, cfg: FlowConfig, out: Path) -> list[dict]:
                             return_trajectory=True, trajectory_points=min(11, cfg.steps + 1))
         plots["PIL flow"] = res.x.numpy()
         _trajectory_png(res.trajectory.numpy(), out / f"{name}_pil_trajectories.png", name)
-        rows.append({"dataset": name, "method": f"PIL flow (width {cfg.toy_width}, K={cfg.toy_time_buckets})",
+        rows.append({"dataset": name, "method": f"PIL flow (width {cfg.toy_width}, K={cfg.toy_time_buckets}, "
+                                                f"input scale {cfg.toy_input_scale:g})",
                      "family": "PIL", **info, "sample_seconds": sw.seconds, "nfe": res.nfe,
                      "ode": f"{cfg.method}/{cfg.steps}", **_toy_metrics(res.x, fresh)})
     if _on(cfg, "mlp"):
@@ -358,14 +365,15 @@ def run_flow(cfg: FlowConfig, command: str = "pilearn bench flow") -> dict:
     t0 = time.perf_counter()
     results: dict[str, Any] = {"suite": "flow", "command": command, "config": asdict(cfg),
                                "environment": environment(cfg.device), "rows": [], "datasets": {}}
-    for name in cfg.toys:
-        _progress(f"toy {name}")
-        results["rows"] += _toy_rows(name, cfg, out)
-        results["datasets"][name] = {"n_toy": cfg.n_toy, "kind": "2-D"}
     for name in cfg.datasets:
-        rows, info = _image_rows(name, cfg, out)
-        results["rows"] += rows
-        results["datasets"][name] = info
+        if name in TOY_2D_NAMES:
+            _progress(f"toy {name}")
+            results["rows"] += _toy_rows(name, cfg, out)
+            results["datasets"][name] = {"n_toy": cfg.n_toy, "kind": "2-D"}
+        else:
+            rows, info = _image_rows(name, cfg, out)
+            results["rows"] += rows
+            results["datasets"][name] = info
     results["total_seconds"] = time.perf_counter() - t0
     write_results(out, results)
     render(out)
@@ -388,12 +396,12 @@ class FlowAblationConfig:
     n_reference: int = 10000
     base: dict[str, Any] | None = None  # PILFlowMatching parameters every study starts from
     widths: tuple[int, ...] = (256, 512, 1024, 2048)
-    lams: tuple[float | str, ...] = (1e-3, 1e-4, 1e-5, 1e-6, "holdout")
+    lams: tuple[float | str, ...] = (1.0, 1e-3, 1e-4, 1e-5, 1e-6, "holdout")
     buckets: tuple[int, ...] = (1, 2, 4, 8)
     steps: tuple[int, ...] = (10, 50, 100, 500)
     step_methods: tuple[str, ...] = ("euler", "heun")
     method: str = "heun"
-    n_steps: int = 50
+    n_steps: int = 25
     studies: tuple[str, ...] = STUDIES
     lenet_epochs: int = 3
     seed: int = 0

@@ -10,7 +10,7 @@ The marginal velocity v*(x, t) = E[u | x_t = x] is the least-squares optimum of 
 integrating dx/dt = v*(x, t) from x(0) ~ N(0, I) carries noise to the data. PIL replaces the network trained by
 gradient descent with a ridge regression on fixed features:
 
-    φ(x, t)   = [ x  |  act(W·z + b) ]        z = [x/√D, τ(t)/‖τ‖, e_y]   (e_y: the one-hot label, "features")
+    φ(x, t)   = [ x  |  act(W·z + b) ]        z = [s·x/√D, τ(t)/‖τ‖, e_y]   (e_y: the one-hot label, "features")
     v̂(x, t)  = φ(x, t)·B_k + c_k           k = the time bucket of t (and the class y, "separate")
     B_k, c_k = argmin Σ ‖φ(x_t, t)·B + c − u‖² + λ‖B‖²   over the draws falling in head k
 
@@ -98,6 +98,9 @@ class PILFlowMatching:
         time_buckets: K, the number of equal time intervals with their own read-out (1: shared over t).
         conditioning: with labels, ``"separate"`` heads per class or the label as a ``"features"`` input.
         draws: (x₀, t, ε) draws per data point and time bucket.
+        input_scale: s in z = [s·x/√D, …]: the spatial frequency of the random features. 1 suits images (each
+            pre-activation then varies with the mean squared pixel); low-dimensional data such as 2-D toys need a
+            few times more to resolve structure at the scale of the data.
         sigma: the path's σ (0: the straight path).
         num_layers: L, the closed-form stack depth.
         lam: an absolute λ ≥ 0, or ``"holdout"`` (per head, the relative λ of ``lam_grid`` with the least
@@ -116,7 +119,7 @@ class PILFlowMatching:
     def __init__(self, *, width: int = 1024, fusion: Literal["single", "concat", "add"] = "single",
                  activation: str = "tanh", time_embedding: TimeEmbedding = "sinusoidal", time_dim: int = 32,
                  time_buckets: int = 4, conditioning: Literal["separate", "features"] = "separate", draws: int = 2,
-                 sigma: float = 0.0, num_layers: int = 1, lam: float | Literal["holdout"] = 1.0,
+                 input_scale: float = 1.0, sigma: float = 0.0, num_layers: int = 1, lam: float | Literal["holdout"] = 1.0,
                  lam_grid: tuple[float, ...] | None = None, validation_fraction: float = 0.1,
                  batch_size: int = 2048, dtype: str = "float32", device: str = "cpu", random_state: int = 0) -> None:
         self.width = width
@@ -127,6 +130,7 @@ class PILFlowMatching:
         self.time_buckets = time_buckets
         self.conditioning = conditioning
         self.draws = draws
+        self.input_scale = input_scale
         self.sigma = sigma
         self.num_layers = num_layers
         self.lam = lam
@@ -167,6 +171,9 @@ class PILFlowMatching:
         if isinstance(vf, bool) or not isinstance(vf, numbers.Real) or not 0 < vf < 1:
             raise ValueError(f"validation_fraction must be a float in (0, 1), got {vf!r}")
         OTPath(self.sigma)  # checks sigma
+        s = self.input_scale
+        if isinstance(s, bool) or not isinstance(s, numbers.Real) or not 0 < s < math.inf:
+            raise ValueError(f"input_scale must be a finite float > 0, got {s!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as err:
@@ -211,7 +218,7 @@ class PILFlowMatching:
              prev: torch.Tensor | None) -> torch.Tensor:
         """φ of ``layer``: ``[x, (one-hot), (v̂_<ℓ), act(W z + b)]``, (n, d_ℓ)."""
         D = self.dim_
-        z = [x / math.sqrt(D)]
+        z = [x * (self.input_scale / math.sqrt(D))]
         if self.time_embedding != "none":
             z.append(self._embed_time(t))
         lin = [x]
@@ -453,7 +460,7 @@ class PILFlowMatching:
 
 
 _PARAMS = ("width", "fusion", "activation", "time_embedding", "time_dim", "time_buckets", "conditioning", "draws",
-           "sigma", "num_layers", "lam", "lam_grid", "validation_fraction", "batch_size", "dtype", "device",
+           "input_scale", "sigma", "num_layers", "lam", "lam_grid", "validation_fraction", "batch_size", "dtype", "device",
            "random_state")
 _DEFAULTS = {k: PILFlowMatching.__init__.__kwdefaults__[k] for k in _PARAMS}
 
