@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from pilearn.cli import main
 from pilearn.experiments.flow import make_ablation_config, make_config
@@ -73,3 +74,15 @@ def test_flow_configs_fail_loudly():
     with pytest.raises(ValueError, match="studies must be among"):
         make_ablation_config("smoke", studies=("width", "depth"))
     assert main(["ablate", "flow", "--study", "depth"]) == 2
+
+
+def test_a_field_that_blows_up_is_reported_not_fatal():
+    from pilearn.experiments.flow import _sample_rows
+
+    cfg = make_config("smoke")
+    x, info = _sample_rows("test", lambda x, t: torch.where(t[:, None] > 0.5, torch.inf, 1.0) * x, torch.ones(4, 3),
+                           cfg)
+    assert x is None and "velocity returned inf at t=0.6" in info["sample_error"]
+    x, info = _sample_rows("test", lambda x, t: -x, torch.ones(4, 3), cfg)
+    assert info["nfe"] == 2 * cfg.steps and "sample_error" not in info
+    torch.testing.assert_close(x, torch.full((4, 3), (1 - 1 / 5 + 1 / 50) ** 5))  # Heun's factor per step

@@ -64,8 +64,8 @@ class FlowConfig:
     mlp_depth: int = 3
     toy_mlp_hidden: int = 256
     conv_channels: tuple[int, ...] = (16, 32)  # (32, 64) trains at ~0.4 steps/s on 2 cores: no use on a CPU budget
-    converge_seconds: float = 600.0  # cap of a "to convergence" run
-    toy_converge_seconds: float = 120.0
+    converge_seconds: float = 300.0  # cap of a "to convergence" run
+    toy_converge_seconds: float = 60.0
     toy_time_multiple: float = 10.0  # the issue's bar: PIL's W2 against the gradient MLP given this × PIL's time
     patience: int = 5
     lenet_epochs: int = 3
@@ -131,6 +131,15 @@ def _image_metrics(x: torch.Tensor, req: np.ndarray, net, X01: np.ndarray, Xt01:
             "median_nn_train": mem["median_samples_to_train"], "median_test_nn_train": mem["median_test_to_train"]}
 
 
+def _evaluate_images(x: torch.Tensor | None, req: np.ndarray, shape: tuple[int, ...], png: Path, ctx) -> dict:
+    """The image metrics and the sample grid of ``x`` (nothing for a sampler that diverged)."""
+    if x is None:
+        return {}
+    net, X01, Xt01, cfg, n_classes = ctx
+    _grid_png(x, shape, png, n_classes)
+    return _image_metrics(x, req, net, X01, Xt01, cfg)
+
+
 def _grid_png(x: torch.Tensor, shape: tuple[int, ...], path: Path, n_classes: int = 10) -> None:
     import matplotlib
 
@@ -144,12 +153,22 @@ def _grid_png(x: torch.Tensor, shape: tuple[int, ...], path: Path, n_classes: in
     plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)
 
 
-def _sample_rows(label: str, field, x0: torch.Tensor, cfg: FlowConfig, **ode: Any) -> tuple[torch.Tensor, dict]:
+def _sample_rows(label: str, field, x0: torch.Tensor, cfg: FlowConfig, **ode: Any
+                 ) -> tuple[torch.Tensor | None, dict]:
+    """Integrate ``field`` from ``x0``: (samples, timing row). A field that blows up (NaN/inf velocity) gives
+    ``None`` and the sampler's message in ``sample_error``: the row is reported as diverged, the run goes on."""
+    method, steps = ode.get("method", cfg.method), ode.get("steps", cfg.steps)
     clamped = lambda x, t: field(x, t.clamp(0.0, 1.0))  # noqa: E731  (dopri5 probes a hair past t = 1)
+    info: dict[str, Any] = {"ode": f"{method}/{steps}" if method != "dopri5" else "dopri5"}
     with Stopwatch(cfg.device) as sw:
-        res = integrate(clamped, x0, method=ode.get("method", cfg.method), steps=ode.get("steps", cfg.steps))
-    return res.x, {"sample_seconds": sw.seconds, "nfe": res.nfe, "ode": f"{ode.get('method', cfg.method)}"
-                   f"/{ode.get('steps', cfg.steps)}"}
+        try:
+            res = integrate(clamped, x0, method=method, steps=steps)
+        except ValueError as err:
+            if "velocity returned" not in str(err):
+                raise
+            _progress(f"{label}: sampling diverged: {err}")
+            return None, {**info, "sample_error": str(err)}
+    return res.x, {**info, "sample_seconds": sw.seconds, "nfe": res.nfe}
 
 
 def _pil_params(cfg: FlowConfig, toy: bool) -> dict:
@@ -193,6 +212,7 @@ def _image_rows(name: str, cfg: FlowConfig, out: Path) -> tuple[list[dict], dict
     lenet_acc = class_accuracy(torch.from_numpy(Xt01), yt, net)
     req = np.arange(cfg.n_samples) % n_classes
     x0 = torch.randn(cfg.n_samples, X.shape[1], generator=torch.Generator().manual_seed(cfg.seed + 1))
+    ctx = (net, X01, Xt01, cfg, n_classes)
     rows: list[dict] = []
     base = {"dataset": name}
     # training images themselves: the floor FD-LeNet and class accuracy are read against (their NN ratio is 0
@@ -207,10 +227,9 @@ def _image_rows(name: str, cfg: FlowConfig, out: Path) -> tuple[list[dict], dict
         model, info = _fit_pil(cfg, X, y, **_pil_params(cfg, toy=False))
         pil_seconds = info["fit_seconds"]
         x, s = _sample_rows("pil", lambda x, t: model.velocity(x, t, req), x0, cfg)
-        _grid_png(x, shape, out / f"{name}_pil.png", n_classes)
         rows.append({**base, "method": f"PIL flow (width {cfg.width}, K={cfg.time_buckets})", "family": "PIL",
-                     **info, **s, **_image_metrics(x, req, net, X01, Xt01, cfg)})
-        _progress(f"{name}: PIL flow done ({pil_seconds:.0f} s): FD-LeNet {rows[-1]['fd_lenet']:.2f}")
+                     **info, **s, **_evaluate_images(x, req, shape, out / f"{name}_pil.png", ctx)})
+        _progress(f"{name}: PIL flow done ({pil_seconds:.0f} s): FD-LeNet {rows[-1].get('fd_lenet')}")
     dim = X.shape[1]
     nets = []
     if _on(cfg, "mlp"):
@@ -226,18 +245,15 @@ def _image_rows(name: str, cfg: FlowConfig, out: Path) -> tuple[list[dict], dict
             torch.manual_seed(cfg.seed)
             trained, info = _fit_gradient(cfg, make(), X, y, budget=budget, converge_cap=cfg.converge_seconds, lr=lr)
             x, s = _sample_rows(arch, model_velocity(trained, torch.from_numpy(req)), x0, cfg)
-            tag = f"{arch}-{regime}"
-            _grid_png(x, shape, out / f"{name}_{tag}.png", n_classes)
             rows.append({**base, "method": f"gradient FM {arch} ({regime})", "family": "gradient", **info, **s,
-                         **_image_metrics(x, req, net, X01, Xt01, cfg)})
+                         **_evaluate_images(x, req, shape, out / f"{name}_{arch}-{regime}.png", ctx)})
     if _on(cfg, "empirical"):
         _progress(f"{name}: empirical optimal field ({cfg.empirical_samples} samples)")
         field = EmpiricalVelocityField(X, y)
         m = cfg.empirical_samples
         x, s = _sample_rows("emp", lambda x, t: field.velocity(x, t, req[:m]), x0[:m], cfg)
-        _grid_png(x, shape, out / f"{name}_empirical.png", n_classes)
         rows.append({**base, "method": "empirical optimum (memorizes)", "family": "reference", "fit_seconds": 0.0,
-                     **s, **_image_metrics(x, req[:m], net, X01, Xt01, cfg)})
+                     **s, **_evaluate_images(x, req[:m], shape, out / f"{name}_empirical.png", ctx)})
     return rows, {"n_train": len(X), "n_test": len(Xt01), "lenet_test_accuracy": lenet_acc, "image_shape": shape}
 
 
@@ -278,9 +294,10 @@ def _toy_rows(name: str, cfg: FlowConfig, out: Path) -> list[dict]:
             trained, info = _fit_gradient(cfg, MLPVelocity(2, hidden=cfg.toy_mlp_hidden, depth=3), X, None,
                                           budget=budget, converge_cap=cfg.toy_converge_seconds, lr=1e-3)
             x, s = _sample_rows("mlp", model_velocity(trained), x0, cfg)
-            plots[f"gradient MLP ({regime})"] = x.numpy()
+            if x is not None:
+                plots[f"gradient MLP ({regime})"] = x.numpy()
             rows.append({"dataset": name, "method": f"gradient FM MLP ({regime})", "family": "gradient", **info,
-                         **s, **_toy_metrics(x, fresh)})
+                         **s, **({} if x is None else _toy_metrics(x, fresh))})
     _scatter_png(X[:n_eval], plots, out / f"{name}_samples.png", name)
     return rows
 
@@ -329,9 +346,10 @@ def _scatter_png(data: np.ndarray, plots: dict[str, np.ndarray], path: Path, tit
 IMAGE_COLUMNS = [("method", "method"), ("fit_seconds", "fit s"), ("fd_lenet", "FD-LeNet ↓"),
                  ("class_accuracy", "class acc ↑"), ("nn_ratio", "NN ratio (≥ 0.9)"),
                  ("near_copy_fraction", "near copies"), ("sample_seconds", "sample s"), ("nfe", "NFE"),
-                 ("peak_mb", "peak MB"), ("stop", "stopped by")]
+                 ("peak_mb", "peak MB"), ("stop", "stopped by"), ("sample_error", "sampling failed")]
 TOY_COLUMNS = [("method", "method"), ("fit_seconds", "fit s"), ("w2", "W2 ↓"), ("mmd2", "MMD² ↓"),
-               ("sample_seconds", "sample s"), ("nfe", "NFE"), ("peak_mb", "peak MB"), ("stop", "stopped by")]
+               ("sample_seconds", "sample s"), ("nfe", "NFE"), ("peak_mb", "peak MB"), ("stop", "stopped by"),
+               ("sample_error", "sampling failed")]
 
 
 def render_markdown(results: dict) -> str:
@@ -374,6 +392,7 @@ def run_flow(cfg: FlowConfig, command: str = "pilearn bench flow") -> dict:
             rows, info = _image_rows(name, cfg, out)
             results["rows"] += rows
             results["datasets"][name] = info
+        write_results(out, results)  # a later crash keeps what was measured
     results["total_seconds"] = time.perf_counter() - t0
     write_results(out, results)
     render(out)
@@ -391,7 +410,7 @@ class FlowAblationConfig:
 
     scale: Scale = "small"
     dataset: str = "mnist"
-    n_train: int | None = 20000
+    n_train: int | None = 10000
     n_samples: int = 1000
     n_reference: int = 10000
     base: dict[str, Any] | None = None  # PILFlowMatching parameters every study starts from
@@ -466,7 +485,10 @@ def run_ablate_flow(cfg: FlowAblationConfig, command: str = "pilearn ablate flow
     req = np.arange(cfg.n_samples) % (int(y.max()) + 1)
     x0 = torch.randn(cfg.n_samples, X.shape[1], generator=torch.Generator().manual_seed(cfg.seed + 1))
     rows: list[dict] = []
+    results = {"suite": "ablate-flow", "command": command, "config": asdict(cfg), "base": base,
+               "environment": environment(cfg.device), "rows": rows, "datasets": {cfg.dataset: {"n_train": len(X)}}}
     for study in cfg.studies:
+        write_results(out, results)  # a later crash keeps the studies done
         variants = [("base", {})] if study == "steps" else _study_variants(study, cfg, base)
         for label, change in variants:
             params = {**base, **change}
@@ -476,19 +498,17 @@ def run_ablate_flow(cfg: FlowAblationConfig, command: str = "pilearn ablate flow
             if study != "steps":
                 x, s = _sample_rows(study, field, x0, icfg)
                 rows.append({"study": study, "variant": label, **info, **s,
-                             **_image_metrics(x, req, net, X01, Xt01, icfg)})
+                             **({} if x is None else _image_metrics(x, req, net, X01, Xt01, icfg))})
                 continue
             for method in cfg.step_methods:
                 for n_steps in cfg.steps:
                     x, s = _sample_rows(study, field, x0, icfg, method=method, steps=n_steps)
                     rows.append({"study": study, "variant": f"{method}, {n_steps} steps", **info, **s,
-                                 **_image_metrics(x, req, net, X01, Xt01, icfg)})
+                                 **({} if x is None else _image_metrics(x, req, net, X01, Xt01, icfg))})
             x, s = _sample_rows(study, field, x0, icfg, method="dopri5", steps=1)
             rows.append({"study": study, "variant": "dopri5 (adaptive, rtol = atol = 1e-5)", **info, **s,
-                         "ode": "dopri5", **_image_metrics(x, req, net, X01, Xt01, icfg)})
-    results = {"suite": "ablate-flow", "command": command, "config": asdict(cfg), "base": base,
-               "environment": environment(cfg.device), "rows": rows, "total_seconds": time.perf_counter() - t0,
-               "datasets": {cfg.dataset: {"n_train": len(X)}}}
+                         **({} if x is None else _image_metrics(x, req, net, X01, Xt01, icfg))})
+    results["total_seconds"] = time.perf_counter() - t0
     write_results(out, results)
     render_ablation(out)
     _progress(f"wrote {out / 'results.json'} and results.md")
