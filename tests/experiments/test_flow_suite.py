@@ -73,6 +73,8 @@ def test_flow_configs_fail_loudly():
         make_config("smoke", groups=("pil", "gan"))
     with pytest.raises(ValueError, match="studies must be among"):
         make_ablation_config("smoke", studies=("width", "depth"))
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        make_ablation_config("smoke", dataset="moons")
     assert main(["ablate", "flow", "--study", "depth"]) == 2
 
 

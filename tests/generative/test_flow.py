@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from pilearn.features import derive_seed
 from pilearn.generative import PILFlowMatching
 from pilearn.generative._flow import _Head
+from pilearn.solvers import RidgeStats, lam_scale
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -96,10 +98,40 @@ def test_conditional_samples_go_to_their_class():
 def test_holdout_chooses_lambda_on_the_grid_and_resolves_on_all_points():
     X, y = _blobs()
     grid = (1e-6, 1e-3, 1.0)
-    model = PILFlowMatching(width=16, time_buckets=2, draws=2, lam="holdout", lam_grid=grid).fit(X, y)
-    for head in model.heads_.values():
+    model = PILFlowMatching(width=16, time_buckets=2, draws=2, lam="holdout", lam_grid=grid,
+                            dtype="float64").fit(X, y)
+    labels = np.searchsorted(model.classes_, y)
+    for (layer, k, c), head in model.heads_.items():
         assert head.lam_relative in grid
-        assert head.lam > 0
+        # re-solved on the held-out and the training draws together, at the chosen relative λ
+        idx = np.flatnonzero(labels == c)
+        perm = np.random.default_rng(derive_seed(model.random_state, "holdout", layer, k, c)).permutation(idx)
+        n_hold = int(round(model.validation_fraction * len(idx)))
+        stats = RidgeStats(model._n_phi(layer), 2, dual=False)
+        for stream, rows in (("hold", perm[:n_hold]), ("train", perm[n_hold:])):
+            for xt, t, onehot, u in model._draws(layer, k, c, torch.as_tensor(X), labels, np.sort(rows), stream):
+                stats.update(model._phi(layer, xt, t, onehot, None), u)
+        assert head.lam == pytest.approx(head.lam_relative * lam_scale(stats), rel=1e-9)
+        ref = stats.solve(head.lam)
+        torch.testing.assert_close(head.coef, ref.coef, rtol=1e-6, atol=1e-8)
+
+
+def test_draws_of_a_head_stay_in_its_time_bucket_and_class():
+    X, y = _blobs(90)
+    model = PILFlowMatching(width=8, time_buckets=3, draws=2, lam=0.1, batch_size=16).fit(X, y)
+    labels = np.searchsorted(model.classes_, y)
+    Xt = torch.as_tensor(X)
+    for k in range(3):
+        for c in (0, 1):
+            idx = np.flatnonzero(labels == c)
+            n_rows = 0
+            for xt, t, _, u in model._draws(0, k, c, Xt, labels, idx, "all"):
+                assert bool(((t >= k / 3) & (t < (k + 1) / 3)).all())
+                x1 = xt + (1 - t[:, None].float()) * u  # x_t + (1 − t)(x₁ − x₀) = x₁ on the straight path
+                d, nearest = torch.cdist(x1.double(), Xt.double()).min(1)  # float32 draws: x₁ back to ~1e-5
+                assert d.max() < 1e-3 and bool((torch.from_numpy(labels)[nearest] == c).all())  # rows of class c
+                n_rows += len(t)
+            assert n_rows == 2 * len(idx)
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -112,6 +144,9 @@ def test_save_load_roundtrip(tmp_path):
     labels = np.array([3, 4] * 5)
     torch.testing.assert_close(loaded.velocity(x, 0.6, labels), model.velocity(x, 0.6, labels))
     assert loaded.get_params() == model.get_params()
+    np_model = PILFlowMatching(width=np.int64(8), time_buckets=np.int32(1), lam=0.1).fit(X, y)
+    np_model.save(tmp_path / "np.safetensors")  # NumPy ints in the parameters are stored as ints
+    assert PILFlowMatching.load(tmp_path / "np.safetensors").width == 8
     with pytest.raises(ValueError, match="not a PILFlowMatching file"):
         from safetensors.torch import save_file
 
@@ -172,6 +207,8 @@ def test_bad_input_is_refused_clearly():
         model.velocity(torch.zeros(2, 2), 0.5, [0, 7])
     with pytest.raises(ValueError, match="class-conditional"):
         model.sample(4)
+    with pytest.raises(ValueError, match=r"y must be a sequence of class labels of shape \(n,\)"):
+        model.sample(y=1)
     uncond = PILFlowMatching(width=8, time_buckets=1, lam=0.1).fit(X)
     with pytest.raises(ValueError, match="fitted without labels"):
         uncond.velocity(torch.zeros(2, 2), 0.5, [0, 1])

@@ -157,18 +157,24 @@ def _sample_rows(label: str, field, x0: torch.Tensor, cfg: FlowConfig, **ode: An
                  ) -> tuple[torch.Tensor | None, dict]:
     """Integrate ``field`` from ``x0``: (samples, timing row). A field that blows up (NaN/inf velocity) gives
     ``None`` and the sampler's message in ``sample_error``: the row is reported as diverged, the run goes on."""
-    method, steps = ode.get("method", cfg.method), ode.get("steps", cfg.steps)
+    res, info = _integrate_safely(label, field, x0, cfg, **ode)
+    return (None if res is None else res.x), info
+
+
+def _integrate_safely(label: str, field, x0: torch.Tensor, cfg: FlowConfig, **ode: Any) -> tuple[Any, dict]:
+    """:func:`integrate` with t clamped to [0, 1]; a diverging field gives ``(None, {..., "sample_error"})``."""
+    method, steps = ode.pop("method", cfg.method), ode.pop("steps", cfg.steps)
     clamped = lambda x, t: field(x, t.clamp(0.0, 1.0))  # noqa: E731  (dopri5 probes a hair past t = 1)
     info: dict[str, Any] = {"ode": f"{method}/{steps}" if method != "dopri5" else "dopri5"}
     with Stopwatch(cfg.device) as sw:
         try:
-            res = integrate(clamped, x0, method=method, steps=steps)
+            res = integrate(clamped, x0, method=method, steps=steps, **ode)
         except ValueError as err:
             if "velocity returned" not in str(err):
                 raise
             _progress(f"{label}: sampling diverged: {err}")
             return None, {**info, "sample_error": str(err)}
-    return res.x, {**info, "sample_seconds": sw.seconds, "nfe": res.nfe}
+    return res, {**info, "sample_seconds": sw.seconds, "nfe": res.nfe}
 
 
 def _pil_params(cfg: FlowConfig, toy: bool) -> dict:
@@ -208,7 +214,9 @@ def _image_rows(name: str, cfg: FlowConfig, out: Path) -> tuple[list[dict], dict
     X = X01 * 2 - 1  # the model scale: [−1, 1]
     n_classes = int(y.max()) + 1
     _progress(f"{name}: LeNet for FD-LeNet ({cfg.lenet_epochs} epochs)")
-    net = lenet_for(name, X01, y, in_shape=shape, seed=cfg.seed, epochs=cfg.lenet_epochs)
+    # the cache key names the data set, so the LeNet always sees the whole training split (not the n_train cut)
+    X_all, y_all = (X01, y) if cfg.n_train is None else _load_images(name, replace(cfg, n_train=None))[:2]
+    net = lenet_for(name, X_all, y_all, in_shape=shape, seed=cfg.seed, epochs=cfg.lenet_epochs)
     lenet_acc = class_accuracy(torch.from_numpy(Xt01), yt, net)
     req = np.arange(cfg.n_samples) % n_classes
     x0 = torch.randn(cfg.n_samples, X.shape[1], generator=torch.Generator().manual_seed(cfg.seed + 1))
@@ -274,15 +282,14 @@ def _toy_rows(name: str, cfg: FlowConfig, out: Path) -> list[dict]:
     if _on(cfg, "pil"):
         model, info = _fit_pil(cfg, X, None, **_pil_params(cfg, toy=True))
         pil_seconds = info["fit_seconds"]
-        with Stopwatch(cfg.device) as sw:
-            res = integrate(lambda x, t: model.velocity(x, t), x0, method=cfg.method, steps=cfg.steps,
-                            return_trajectory=True, trajectory_points=min(11, cfg.steps + 1))
-        plots["PIL flow"] = res.x.numpy()
-        _trajectory_png(res.trajectory.numpy(), out / f"{name}_pil_trajectories.png", name)
+        res, s = _integrate_safely("pil", lambda x, t: model.velocity(x, t), x0, cfg, return_trajectory=True,
+                                   trajectory_points=min(11, cfg.steps + 1))
+        if res is not None:
+            plots["PIL flow"] = res.x.numpy()
+            _trajectory_png(res.trajectory.numpy(), out / f"{name}_pil_trajectories.png", name)
         rows.append({"dataset": name, "method": f"PIL flow (width {cfg.toy_width}, K={cfg.toy_time_buckets}, "
                                                 f"input scale {cfg.toy_input_scale:g})",
-                     "family": "PIL", **info, "sample_seconds": sw.seconds, "nfe": res.nfe,
-                     "ode": f"{cfg.method}/{cfg.steps}", **_toy_metrics(res.x, fresh)})
+                     "family": "PIL", **info, **s, **({} if res is None else _toy_metrics(res.x, fresh))})
     if _on(cfg, "mlp"):
         multiple = f"{cfg.toy_time_multiple:g}x PIL time"
         for regime, budget in (("time-matched", pil_seconds), (multiple, None if pil_seconds is None
@@ -446,6 +453,8 @@ def make_ablation_config(scale: Scale = "small", **overrides: Any) -> FlowAblati
     unknown = sorted(set(cfg.studies) - set(STUDIES))
     if unknown:
         raise ValueError(f"studies must be among {STUDIES} (or 'all'), got unknown {unknown}")
+    if cfg.dataset not in IMAGE_DATASETS:
+        raise ValueError(f"dataset must be one of {IMAGE_DATASETS}, got {cfg.dataset!r}")
     return cfg
 
 

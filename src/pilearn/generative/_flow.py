@@ -26,8 +26,9 @@ Design, and why:
   label into z and into φ (one set of heads for all classes; the ablation shows what that costs).
 * **Stratified draws, one head at a time.** Every head sees ``draws`` draws (x₀, t, ε) per data point of its
   class, t uniform within its bucket. Heads share no rows, so each is accumulated, its λ chosen, solved, and its
-  statistics dropped before the next: peak memory is one head's Gram, O((d + D)²), independent of n, draws and
-  the number of heads.
+  statistics dropped before the next: the statistics never take more than one head's Gram, O((d + D)²),
+  independent of n and of the draws. The fitted model itself is (layers · buckets · classes) solved (d + 1) × D
+  read-outs (227 MB in float32 for the MNIST bench's 40 heads at d = 1808).
 * **λ** is a float used as it is (absolute), or chosen per head on held-out data points (``lam="holdout"``: a
   seeded ``validation_fraction`` of the points of that head, with their own draws; relative grid × tr(G̃)/d,
   :func:`holdout_scan`), then the head is re-solved on all points with that relative λ. The velocity error
@@ -146,13 +147,9 @@ class PILFlowMatching:
         return {k: getattr(self, k) for k in _PARAMS}
 
     def _check_params(self) -> None:
-        _check_int("width", self.width, 1)
-        _check_int("time_dim", self.time_dim, 1)
-        _check_int("time_buckets", self.time_buckets, 1)
-        _check_int("draws", self.draws, 1)
-        _check_int("num_layers", self.num_layers, 1)
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("random_state", self.random_state, 0)
+        for name, low in (("width", 1), ("time_dim", 1), ("time_buckets", 1), ("draws", 1), ("num_layers", 1),
+                          ("batch_size", 1), ("random_state", 0)):
+            setattr(self, name, _check_int(name, getattr(self, name), low))  # NumPy ints become ints (JSON)
         choices = {"fusion": ("single", "concat", "add"), "time_embedding": ("sinusoidal", "fourier", "none"),
                    "conditioning": ("separate", "features"), "dtype": ("float32", "float64")}
         for name, allowed in choices.items():
@@ -397,6 +394,8 @@ class PILFlowMatching:
         self._check_fitted()
         if y is not None:
             y = np.asarray(y)
+            if y.ndim != 1:
+                raise ValueError(f"y must be a sequence of class labels of shape (n,), got shape {y.shape}")
             if n is not None and n != len(y):
                 raise ValueError(f"n must equal len(y) = {len(y)} when y is given, got {n!r}")
             n = len(y)
@@ -433,6 +432,10 @@ class PILFlowMatching:
                 raise ValueError(f"{os.fspath(path)!r} is not a PILFlowMatching file (format {_FORMAT})")
             meta = json.loads(raw)
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+        missing = [f"coef.{'.'.join(map(str, h['key']))}" for h in meta["heads"]
+                   if f"coef.{'.'.join(map(str, h['key']))}" not in tensors]
+        if missing:
+            raise ValueError(f"{os.fspath(path)!r} is truncated or altered: tensors {missing[:3]} are missing")
         params = dict(meta["params"])
         if params.get("lam_grid") is not None:
             params["lam_grid"] = tuple(params["lam_grid"])
