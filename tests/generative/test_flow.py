@@ -10,7 +10,7 @@ import torch
 
 from pilearn.features import derive_seed
 from pilearn.generative import PILFlowMatching
-from pilearn.generative._flow import _Head
+from pilearn.generative._readout import _Head
 from pilearn.solvers import RidgeStats, lam_scale
 
 
