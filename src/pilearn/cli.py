@@ -26,14 +26,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="run only these row groups of the suite (classify: dense conv bipil-seed deep mlp kernel "
                         "hpelm floor)")
     a = sub.add_parser("ablate", help="run the ablation studies of a suite")
-    a.add_argument("suite", choices=("flow",))
+    a.add_argument("suite", choices=("flow", "diffusion"))
     a.add_argument("--study", nargs="+", default=["all"], help="flow: width fusion lambda time buckets conditioning "
-                   "layers steps, or all (default)")
+                   "layers steps; diffusion: sharing features bipil lambda target schedule steps; or all (default)")
     a.add_argument("--scale", choices=("smoke", "small", "full"), default="small")
     a.add_argument("--out", type=Path, default=None, help="output folder (default runs/ablate-<suite>-<time>/)")
     a.add_argument("--device", default="cpu")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--dataset", default=None, help="override the data set (flow: mnist, fashion-mnist, digits)")
+    a.add_argument("--dataset", default=None, help="override the data set (mnist, fashion-mnist, digits)")
     r = sub.add_parser("report", help="rebuild results.md and the plots of a results folder from its results.json")
     r.add_argument("folder", type=Path)
     return p
@@ -71,7 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _ablate(args: argparse.Namespace, command: str) -> int:
-    from .experiments.flow import STUDIES, make_ablation_config, run_ablate_flow
+    if args.suite == "flow":
+        from .experiments.flow import STUDIES, make_ablation_config, run_ablate_flow as run_ablation
+    else:
+        from .experiments.diffusion import STUDIES, make_ablation_config, run_ablate_diffusion as run_ablation
 
     studies = STUDIES if "all" in args.study else tuple(args.study)
     overrides = {"device": args.device, "seed": args.seed, "studies": studies, "out": args.out}
@@ -82,7 +85,7 @@ def _ablate(args: argparse.Namespace, command: str) -> int:
     except ValueError as err:
         print(f"pilearn ablate: {err}", file=sys.stderr)
         return 2
-    run_ablate_flow(cfg, command=command)
+    run_ablation(cfg, command=command)
     return 0
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pilearn.experiments._flow_baselines import (
+from pilearn.experiments._generative_baselines import (
     ConvVelocity,
     FlowTrainResult,
     MLPVelocity,

@@ -29,7 +29,7 @@ import torch
 from ..data import TOY_2D_NAMES, load_dataset, make_toy_2d
 from ..generative import EmpiricalVelocityField, PILFlowMatching, integrate
 from ..metrics import class_accuracy, fd_lenet, lenet_for, memorization_report, mmd_rbf, wasserstein2
-from ._flow_baselines import ConvVelocity, MLPVelocity, model_velocity, train_flow_matching
+from ._generative_baselines import ConvVelocity, MLPVelocity, model_velocity, train_flow_matching
 from ._results import PeakMemory, Stopwatch, default_out_dir, environment, markdown_table, write_results
 
 Scale = Literal["smoke", "small", "full"]
