@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("ablate", help="run the ablation studies of a suite")
     a.add_argument("suite", choices=("flow", "diffusion"))
     a.add_argument("--study", nargs="+", default=["all"], help="flow: width fusion lambda time buckets conditioning "
-                   "layers steps; diffusion: sharing features bipil lambda target schedule steps; or all (default)")
+                   "layers steps; diffusion: sharing draws features bipil lambda target schedule steps; or all (default)")
     a.add_argument("--scale", choices=("smoke", "small", "full"), default="small")
     a.add_argument("--out", type=Path, default=None, help="output folder (default runs/ablate-<suite>-<time>/)")
     a.add_argument("--device", default="cpu")

@@ -291,7 +291,7 @@ def run_diffusion(cfg: DiffusionConfig, command: str = "pilearn bench diffusion"
 
 
 # ---------------------------------------------------------------------- ablations (seed 000 §1.6)
-STUDIES = ("sharing", "features", "bipil", "lambda", "target", "schedule", "steps")
+STUDIES = ("sharing", "draws", "features", "bipil", "lambda", "target", "schedule", "steps")
 
 
 @dataclass
@@ -306,6 +306,7 @@ class DiffusionAblationConfig:
     base: dict[str, Any] | None = None  # PILDiffusion parameters every study starts from
     buckets: tuple[int, ...] = (1, 2, 4, 8)
     per_timestep_steps: tuple[int, ...] = (10, 25)
+    draws: tuple[int, ...] = (1, 2, 4, 8)
     lams: tuple[float | str, ...] = (1.0, 1e-2, 1e-4, "holdout")
     ddim_steps: tuple[int, ...] = (10, 25, 50, 100)
     ddpm_steps: tuple[int, ...] = (100, 1000)
@@ -319,7 +320,7 @@ class DiffusionAblationConfig:
 
 ABLATION_SCALES: dict[str, dict[str, Any]] = {
     "smoke": dict(dataset="digits", n_train=None, n_samples=300, n_reference=450, buckets=(1, 2),
-                  per_timestep_steps=(5,), lams=(1.0, "holdout"), ddim_steps=(5, 10), ddpm_steps=(20,), n_steps=10,
+                  per_timestep_steps=(5,), draws=(1, 2), lams=(1.0, "holdout"), ddim_steps=(5, 10), ddpm_steps=(20,), n_steps=10,
                   lenet_epochs=15, base=dict(width=64, time_buckets=2, draws=1, conv_channels=(2, 4))),
     "small": {},
     "full": dict(n_train=None, n_samples=5000),
@@ -356,6 +357,8 @@ def _study_variants(study: str, cfg: DiffusionAblationConfig, base: dict) -> lis
             rows.append((f"per-timestep heads at {steps} DDIM timesteps, 1 draw each (sampled with {steps})",
                          {"head_timesteps": tuple(s.timesteps.tolist()), "draws": 1}, steps))
         return rows
+    if study == "draws":  # rows per head against features per head: the fit's variance
+        return [(f"{v} draw(s) per point and bucket", {"draws": v}, n) for v in cfg.draws]
     if study == "features":
         ch = base.get("conv_channels", (4, 8))
         return [("dense random features", {"features": "dense"}, n),
