@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--only", nargs="+", default=None, metavar="GROUP",
                    help="run only these row groups of the suite (classify: dense conv bipil-seed deep mlp kernel "
                         "hpelm floor)")
+    b.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE", dest="settings",
+                   help="override fields of the suite's config, e.g. --set draws=4 width=2048 (values are Python "
+                        "literals; a bare word is a string)")
     a = sub.add_parser("ablate", help="run the ablation studies of a suite")
     a.add_argument("suite", choices=("flow", "diffusion"))
     a.add_argument("--study", nargs="+", default=["all"], help="flow: width fusion lambda time buckets conditioning "
@@ -66,8 +69,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides["datasets"] = tuple(args.datasets)
         if args.only:
             overrides["groups"] = tuple(args.only)
-        run(make_config(args.scale, **overrides), command=command)
+        try:
+            overrides.update(_settings(args.settings or []))
+            cfg = make_config(args.scale, **overrides)
+        except (TypeError, ValueError) as err:
+            print(f"pilearn bench {name}: {err}", file=sys.stderr)
+            return 2
+        run(cfg, command=command)
     return 0
+
+
+def _settings(items: Sequence[str]) -> dict:
+    """``["draws=4", "datasets=('mnist',)"]`` -> ``{"draws": 4, "datasets": ("mnist",)}``."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--set takes KEY=VALUE pairs, got {item!r}")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a bare word: a string
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def _ablate(args: argparse.Namespace, command: str) -> int:
