@@ -19,7 +19,7 @@ def test_bench_diffusion_smoke_writes_every_row_metric_and_figure(tmp_path):
     out = tmp_path / "run"
     assert main(["bench", "diffusion", "--scale", "smoke", "--out", str(out)]) == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert [r["family"] for r in rows] == ["data", "PIL", "PIL", "PIL", "PIL"] + ["gradient"] * 4 + ["reference"]
+    assert [r["family"] for r in rows] == ["data", "PIL", "PIL", "PIL", "PIL"] + ["gradient"] * 8 + ["reference"]
     methods = [r["method"] for r in rows]
     assert "one read-out shared by all t" in methods[2] and "per-timestep heads at the 5 DDIM" in methods[3]
     assert methods[4].startswith("PIL flow matching")
@@ -31,7 +31,8 @@ def test_bench_diffusion_smoke_writes_every_row_metric_and_figure(tmp_path):
     assert pil["class_accuracy"] > 0.3, pil  # chance is 0.1: the per-class heads condition the samples
     assert rows[-1]["nn_ratio"] < pil["nn_ratio"]  # the empirical optimum copies training images; PIL does not
     tm = [r for r in rows if "time-matched" in r["method"]]
-    assert len(tm) == 2 and all(r["fit_seconds"] >= 0.9 * pil["fit_seconds"] and r["stop"] == "time_budget"
+    assert [r["sampler"] for r in tm] == ["DDIM 10", "DDIM 10, x̂₀ clipped"] * 2
+    assert len(tm) == 4 and all(r["fit_seconds"] >= 0.9 * pil["fit_seconds"] and r["stop"] == "time_budget"
                                 for r in tm)
     for png in ("digits_pil.png", "digits_pil-per-t.png", "digits_pil-flow.png", "digits_empirical.png"):
         assert (out / png).stat().st_size > 500
