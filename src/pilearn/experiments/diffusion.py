@@ -127,9 +127,8 @@ def _fit_pil(cfg: Any, X, y, cls=PILDiffusion, **params: Any) -> tuple[Any, dict
     with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
         model.fit(X, y)
     rels = [h.lam_relative for h in model.heads_.values() if h.lam_relative is not None]
-    stored = sum(h.coef.numel() + h.intercept.numel() for h in model.heads_.values())
     return model, {"fit_seconds": sw.seconds, "peak_mb": mem.peak_mb, "n_heads": len(model.heads_),
-                   "n_draws": model.n_draws_, "stored_numbers": stored,
+                   "n_draws": model.n_draws_, "stored_numbers": model.n_stored_parameters(),
                    "lam_relative_median": float(np.median(rels)) if rels else None,
                    "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in model.get_params().items()
                               if k in params}}

@@ -402,11 +402,6 @@ class PILDiffusion(ReadoutModel):
             raise ValueError(f"the scheduler expects prediction_type={scheduler.config['prediction_type']!r} but "
                              f"this model predicts {self.prediction_type!r}")
 
-    def n_stored_parameters(self) -> int:
-        """Solved numbers the model stores (every head's read-out and intercept; the random maps are a seed)."""
-        self._check_fitted()
-        return sum(h.coef.numel() + h.intercept.numel() for h in self.heads_.values())
-
 
 def _check_timesteps(ts: Any, T: int) -> tuple[int, ...]:
     """Sorted unique head timesteps in [0, T)."""

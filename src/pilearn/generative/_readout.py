@@ -337,6 +337,11 @@ class ReadoutModel:
         n = check_int("n", n, 1)
         return n, self._labels_for(y, n)
 
+    def n_stored_parameters(self) -> int:
+        """Solved numbers the model stores (every head's read-out and intercept; the random maps are a seed)."""
+        self._check_fitted()
+        return sum(h.coef.numel() + h.intercept.numel() for h in self.heads_.values())
+
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike) -> None:
         """Write the solved heads and the parameters (the random maps are rebuilt from the seed) to safetensors."""
