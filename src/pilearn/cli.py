@@ -93,6 +93,8 @@ def _settings(items: Sequence[str]) -> dict:
         except (ValueError, SyntaxError):
             value = raw  # a bare word: a string
         out[key] = tuple(value) if isinstance(value, list) else value
+        if key in ("datasets", "groups") and isinstance(out[key], str):
+            out[key] = (out[key],)  # one name, not its letters
     return out
 
 

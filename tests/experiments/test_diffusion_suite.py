@@ -57,6 +57,18 @@ def test_ablate_diffusion_smoke_runs_the_named_studies(tmp_path):
     assert "## sharing" in (out / "results.md").read_text()
 
 
+def test_bench_set_overrides_fields_and_a_conv_row_runs(tmp_path):
+    out = tmp_path / "conv"
+    assert main(["bench", "diffusion", "--scale", "smoke", "--only", "pil", "--set", "features=conv",
+                 "datasets=digits", "n_samples=100", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["features"] == "conv" and results["config"]["datasets"] == ["digits"]
+    (row,) = [r for r in results["rows"] if r["family"] == "PIL"]
+    assert row["params"]["features"] == "conv" and row["n_heads"] == 2 * 10
+    assert main(["bench", "diffusion", "--scale", "smoke", "--set", "widht=3"]) == 2
+    assert main(["bench", "diffusion", "--scale", "smoke", "--set", "draws"]) == 2
+
+
 def test_configs_reject_unknown_names():
     with pytest.raises(ValueError, match="groups"):
         make_config("smoke", groups=("pil", "unet"))

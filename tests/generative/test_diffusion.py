@@ -171,9 +171,20 @@ def test_save_load_roundtrip(tmp_path):
     per_t = PILDiffusion(width=8, head_timesteps=(5, 50)).fit(X)
     per_t.save(tmp_path / "p.safetensors")
     assert PILDiffusion.load(tmp_path / "p.safetensors").head_timesteps == (5, 50)
+    # conv features on images, timestep spacing: the image shape, the cells and the sample shape come back
+    imgs = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    conv = PILDiffusion(features="conv", conv_channels=(2,), width=8, time_buckets=3,
+                        bucket_spacing="timestep").fit(imgs, np.arange(40) % 2)
+    conv.save(tmp_path / "c.safetensors")
+    back = PILDiffusion.load(tmp_path / "c.safetensors")
+    assert back.image_shape_ == (1, 8, 8) and back.bucket_spacing == "timestep"
+    torch.testing.assert_close(back._cells, conv._cells, rtol=0, atol=0)
+    torch.testing.assert_close(back(imgs[:4], 400, [0, 1, 0, 1]), conv(imgs[:4], 400, [0, 1, 0, 1]),
+                               rtol=1e-6, atol=1e-6)
+    assert back.sample(y=[1, 0], num_inference_steps=3).shape == (2, 1, 8, 8)
+    from pilearn.generative import PILFlowMatching
+    PILFlowMatching(width=4).fit(X).save(tmp_path / "f.safetensors")
     with pytest.raises(ValueError, match="not a PILDiffusion file"):
-        from pilearn.generative import PILFlowMatching
-        PILFlowMatching(width=4).fit(X).save(tmp_path / "f.safetensors")
         PILDiffusion.load(tmp_path / "f.safetensors")
 
 
@@ -231,3 +242,17 @@ def test_bad_input_is_a_clear_error():
         model.sample(y=[0], scheduler=DDIMScheduler(prediction_type="sample"))
     with pytest.raises(TypeError, match="scheduler"):
         model.sample(y=[0], scheduler="ddim")
+    with pytest.raises(ValueError, match="from the model"):
+        model.make_scheduler("ddim", beta_schedule="cosine")
+
+
+def test_per_timestep_model_samples_with_its_scheduler_and_rejects_other_timesteps():
+    X, _ = _blobs(60)
+    sched = DDIMScheduler(clip_sample=False)
+    sched.set_timesteps(6)
+    model = PILDiffusion(width=8, head_timesteps=sched.timesteps.tolist()).fit(X)
+    # the scheduler's own step count (or one per head) is the default: no step count to repeat
+    assert model.sample(4, scheduler=sched, return_result=True).nfe == 6
+    assert model.sample(4, return_result=True).nfe == 6
+    with pytest.raises(ValueError, match="heads only at timesteps"):
+        model.sample(4, num_inference_steps=10)
