@@ -186,6 +186,10 @@ def test_save_load_roundtrip(tmp_path):
     PILFlowMatching(width=4).fit(X).save(tmp_path / "f.safetensors")
     with pytest.raises(ValueError, match="not a PILDiffusion file"):
         PILDiffusion.load(tmp_path / "f.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file at all")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        PILDiffusion.load(tmp_path / "junk.safetensors")
+    assert repr(PILDiffusion(head_timesteps=np.array([5, 50]))) == "PILDiffusion(head_timesteps=array([ 5, 50]))"
 
 
 def test_n_stored_parameters_counts_every_head():

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
@@ -360,12 +360,15 @@ class ReadoutModel:
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | None = None):
         """Read a model written by :meth:`save` (no pickle)."""
-        with safe_open(os.fspath(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get("pilearn")
-            if raw is None or json.loads(raw).get("format") != cls._FORMAT:
-                raise ValueError(f"{os.fspath(path)!r} is not a {cls.__name__} file (format {cls._FORMAT})")
-            meta = json.loads(raw)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(os.fspath(path), framework="pt") as f:
+                raw = (f.metadata() or {}).get("pilearn")
+                tensors = {k: f.get_tensor(k) for k in f.keys()} if raw is not None else {}
+        except SafetensorError as err:
+            raise ValueError(f"{os.fspath(path)!r} is not a safetensors file ({err})") from err
+        if raw is None or json.loads(raw).get("format") != cls._FORMAT:
+            raise ValueError(f"{os.fspath(path)!r} is not a {cls.__name__} file (format {cls._FORMAT})")
+        meta = json.loads(raw)
         keys = [".".join(map(str, h["key"])) for h in meta["heads"]]
         missing = [f"coef.{k}" for k in keys if f"coef.{k}" not in tensors or f"intercept.{k}" not in tensors]
         if missing:
@@ -393,5 +396,12 @@ class ReadoutModel:
 
     def __repr__(self) -> str:
         defaults = type(self).__init__.__kwdefaults__
-        changed = {k: v for k, v in self.get_params().items() if v != defaults[k]}
+        changed = {k: v for k, v in self.get_params().items() if not _equal(v, defaults[k])}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b`` for parameter values, arrays and tensors included (compared element by element)."""
+    if isinstance(a, (np.ndarray, torch.Tensor)) or isinstance(b, (np.ndarray, torch.Tensor)):
+        return a is not None and b is not None and np.array_equal(np.asarray(a), np.asarray(b))
+    return bool(a == b)
