@@ -94,9 +94,30 @@ def test_conv_velocity_skip_connection_reaches_the_up_path(shape, generator):
     torch.testing.assert_close(seen["up_in"][:, 8:], seen["down"])
 
 
-def test_conv_velocity_default_is_small():
-    n = sum(p.numel() for p in ConvVelocity((1, 28, 28)).parameters())
-    assert 100_000 <= n <= 500_000
+def _unet_parameters(c_img: int, chs: tuple[int, ...], time_dim: int, n_classes: int) -> int:
+    """The parameter count of the architecture ConvVelocity's docstring describes, written out layer by layer."""
+    conv = lambda cin, cout, k=3: cin * cout * k * k + cout  # noqa: E731
+    lin = lambda cin, cout: cin * cout + cout  # noqa: E731
+    emb = 4 * chs[0]
+
+    def block(cin: int, cout: int) -> int:  # conv + GN + embedding projection + conv + GN (+ 1×1 skip)
+        return conv(cin, cout) + 2 * cout + lin(emb, cout) + conv(cout, cout) + 2 * cout + (
+            0 if cin == cout else conv(cin, cout, 1))
+
+    n = lin(time_dim, emb) + lin(emb, emb) + n_classes * emb + conv(c_img, chs[0])
+    n += sum(block(chs[max(i - 1, 0)], c) for i, c in enumerate(chs)) + sum(conv(c, c) for c in chs[:-1])
+    n += block(chs[-1], chs[-1])
+    n += sum(conv(chs[i + 1], chs[i]) + block(2 * chs[i], chs[i]) for i in range(len(chs) - 1))
+    return n + 2 * chs[0] + conv(chs[0], c_img)
+
+
+@pytest.mark.parametrize("in_shape, channels, n_classes", [((1, 28, 28), (32, 64), 0), ((3, 8, 8), (4, 8, 16), 10)])
+def test_conv_velocity_has_the_documented_architecture(in_shape, channels, n_classes):
+    net = ConvVelocity(in_shape, channels=channels, time_dim=64, n_classes=n_classes)
+    n = sum(p.numel() for p in net.parameters())
+    assert n == _unet_parameters(in_shape[0], channels, 64, n_classes)
+    if channels == (32, 64):
+        assert 240_000 <= n <= 280_000  # the docstring's "about 260k parameters" for the defaults
 
 
 @pytest.mark.parametrize("dim", [784, 64, 2])
