@@ -232,9 +232,9 @@ def test_bad_input_is_a_clear_error():
         PILDiffusion()(torch.zeros(1, 3), 0)
     with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
         model(torch.zeros(2, 4), 0, [0, 1])
-    with pytest.raises(ValueError, match=r"timestep must lie in \[0, 1000\)"):
+    with pytest.raises(ValueError, match=r"timestep must lie in \[0, 999\]"):
         model(torch.zeros(2, 3), 1000, [0, 1])
-    with pytest.raises(ValueError, match="timestep must hold integers"):
+    with pytest.raises(ValueError, match="timestep must hold integer time-step indices"):
         model(torch.zeros(2, 3), torch.tensor([0.5, 1.0]), [0, 1])
     with pytest.raises(ValueError, match="class-conditional"):
         model(torch.zeros(2, 3), 5)

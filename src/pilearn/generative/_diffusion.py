@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from ..features import BiPILFeatures, RandomConvFeatures, derive_seed, make_generator
+from ._empirical import check_timesteps
 from ._readout import (ReadoutModel, as_data, check_int, check_positive_real, embed_time, fourier_frequencies)
 from ._schedulers import DDIMScheduler, DDPMScheduler, DiffusionSampleResult, denoise, make_betas
 
@@ -341,7 +342,7 @@ class PILDiffusion(ReadoutModel):
             sample = sample.reshape(shape[0], -1)
         x = self._check_query(sample)
         n = x.shape[0]
-        t = _as_timesteps(timestep, n, self.num_train_timesteps).to(torch.float64).to(self._dev)
+        t = check_timesteps(timestep, n, self.num_train_timesteps, name="timestep").to(self._dev, torch.float64)
         out = self._predict(x, t, self._labels_for(y, n))
         return out.reshape(shape) if shape is not None and len(shape) > 2 else out
 
@@ -432,22 +433,3 @@ def _check_timesteps(ts: Any, T: int) -> tuple[int, ...]:
             raise ValueError(f"head_timesteps must hold ints in [0, {T}) (num_train_timesteps={T}), got {v!r}")
         out.append(int(v))
     return tuple(sorted(set(out)))
-
-
-def _as_timesteps(timestep: Any, n: int, T: int) -> torch.Tensor:
-    """``timestep`` (an int or ``(n,)`` integers) as an ``(n,)`` long CPU tensor checked to lie in [0, T)."""
-    if isinstance(timestep, numbers.Integral) and not isinstance(timestep, bool):
-        t = torch.full((n,), int(timestep), dtype=torch.long)
-    elif isinstance(timestep, (torch.Tensor, np.ndarray)):
-        t = torch.as_tensor(timestep).cpu()
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise ValueError(f"timestep must hold integers, got dtype {t.dtype}")
-        t = t.long().expand(n) if t.ndim == 0 else t.long()
-        if t.shape != (n,):
-            raise ValueError(f"timestep must be an int or have shape ({n},), got {tuple(t.shape)}")
-    else:
-        raise TypeError(f"timestep must be an int or an integer tensor of shape ({n},), got {type(timestep).__name__}")
-    if n and (int(t.min()) < 0 or int(t.max()) >= T):
-        raise ValueError(f"timestep must lie in [0, {T}) (num_train_timesteps), got values in "
-                         f"[{int(t.min())}, {int(t.max())}]")
-    return t

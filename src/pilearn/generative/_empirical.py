@@ -102,8 +102,8 @@ def check_alphas_cumprod(alphas_cumprod: object, name: str = "alphas_cumprod") -
 
 def check_timesteps(timesteps: object, n: int, num_train_timesteps: int, *, name: str = "timesteps"
                     ) -> torch.Tensor:
-    """Validate DDPM time-step indices: an int (for every row) or an ``(n,)`` integer tensor in [0, T); return
-    them as an ``(n,)`` int64 tensor."""
+    """Validate DDPM time-step indices: an int or a 0-d integer tensor (for every row) or an ``(n,)`` integer
+    tensor or array, in [0, T); return them as an ``(n,)`` int64 CPU tensor (on the device given)."""
     T = num_train_timesteps
     if isinstance(timesteps, numbers.Integral) and not isinstance(timesteps, bool):
         steps = torch.full((n,), int(timesteps), dtype=torch.int64)
@@ -113,6 +113,8 @@ def check_timesteps(timesteps: object, n: int, num_train_timesteps: int, *, name
         if not isinstance(timesteps, torch.Tensor):
             raise TypeError(f"{name} must be an int or an integer tensor of shape ({n},), "
                             f"got {type(timesteps).__name__}")
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(n)
         if timesteps.shape != (n,):
             raise ValueError(f"{name} must have shape ({n},), got {tuple(timesteps.shape)}")
         if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:

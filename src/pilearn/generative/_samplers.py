@@ -41,6 +41,22 @@ _DOPRI5_DEFAULT_POINTS = 11
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def check_model_output(out: object, x: torch.Tensor, name: str, where: str,
+                       nonfinite: type[Exception] = ValueError) -> torch.Tensor:
+    """What every sampler checks of a model's output: a tensor of ``x``'s shape, finite (else ``nonfinite``,
+    with ``where`` the evaluation, so that a model that blows up is reported where it happened)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor of shape {tuple(x.shape)}, got "
+                        f"{type(out).__name__} at {where}")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} returned shape {tuple(out.shape)} at {where}, expected the shape of x "
+                         f"{tuple(x.shape)}")
+    if not bool(torch.isfinite(out).all()):
+        kind = "NaN" if bool(torch.isnan(out).any()) else "inf"
+        raise nonfinite(f"{name} returned {kind} at {where}")
+    return out
+
+
 @dataclass
 class ODEResult:
     """What :func:`integrate` returns.
@@ -72,16 +88,7 @@ class _CheckedVelocity:
         t_value = float(t)
         tt = torch.full((x.shape[0],), t_value, dtype=x.dtype, device=x.device)  # (n,)
         self.nfe += 1
-        v = self.velocity(x, tt)
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"velocity must return a torch.Tensor of shape {tuple(x.shape)}, got "
-                            f"{type(v).__name__} at {self._at(t_value)}")
-        if v.shape != x.shape:
-            raise ValueError(f"velocity returned shape {tuple(v.shape)} at {self._at(t_value)}, "
-                             f"expected the shape of x {tuple(x.shape)}")
-        if not bool(torch.isfinite(v).all()):
-            kind = "NaN" if bool(torch.isnan(v).any()) else "inf"
-            raise ValueError(f"velocity returned {kind} at {self._at(t_value)}")
+        v = check_model_output(self.velocity(x, tt), x, "velocity", self._at(t_value))
         return v.to(x.dtype)
 
     def _at(self, t: float) -> str:

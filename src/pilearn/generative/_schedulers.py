@@ -36,6 +36,8 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
+from ._samplers import check_model_output
+
 __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
@@ -634,20 +636,6 @@ class DiffusionSampleResult:
     pred_original: torch.Tensor | None = None
 
 
-def _check_model_output(out: object, x: torch.Tensor, t: int, i: int, steps: int) -> torch.Tensor:
-    where = f"timestep {t} (step {i + 1} of {steps})"
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"predict must return a torch.Tensor of shape {tuple(x.shape)}, got "
-                        f"{type(out).__name__} at {where}")
-    if out.shape != x.shape:
-        raise ValueError(f"predict returned shape {tuple(out.shape)} at {where}, expected the shape of x "
-                         f"{tuple(x.shape)}")
-    if not bool(torch.isfinite(out).all()):
-        kind = "NaN" if bool(torch.isnan(out).any()) else "inf"
-        raise FloatingPointError(f"predict returned {kind} at {where}")
-    return out
-
-
 def denoise(predict: Predict, scheduler: DDPMScheduler | DDIMScheduler, x_T: torch.Tensor,
             num_inference_steps: int, *, generator: torch.Generator | None = None, eta: float = 0.0,
             return_trajectory: bool = False) -> DiffusionSampleResult:
@@ -701,7 +689,8 @@ def denoise(predict: Predict, scheduler: DDPMScheduler | DDIMScheduler, x_T: tor
             t_batch = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)  # (n,)
             out = predict(scheduler.scale_model_input(x, t), t_batch)
             nfe += 1
-            out = _check_model_output(out, x, t, i, len(visited))
+            out = check_model_output(out, x, "predict", f"timestep {t} (step {i + 1} of {len(visited)})",
+                                     nonfinite=FloatingPointError)
             result = scheduler.step(out, t, x, generator=generator, **step_kwargs)
             x = result.prev_sample
             if return_trajectory:
