@@ -1,0 +1,355 @@
+"""``pilearn bench lm``, ``pilearn ablate lm`` and ``pilearn eval lambada``: seed ``001``'s experiments.
+
+Rows of ``bench lm``, all in one process on the same corpus (seed ``001`` Table 1, plus the n-gram):
+
+* **Kneser-Ney n-gram** (interpolated, modified discounts), orders 3 and 5: the classic gradient-free LM.
+* **PIL-LM (pure)**: :func:`~pilearn.lm.fit_pil`, no gradient anywhere.
+* **PIL-LM (pure) ⊕ KN-5**: the two gradient-free models' distributions mixed, ``p = β p_PIL + (1−β) p_KN``, with
+  ``β`` chosen on the validation split (the classic way a neural LM is combined with an n-gram).
+* **Transformer, AdamW, ``epochs`` epochs**: the same architecture with a gradient-trained MLP FFN.
+* **Transformer, AdamW, time-matched**: the same, stopped at the PIL-LM (pure) fit time.
+* **PIL-LM (+Attn)**: the pure model, then attention, LayerNorms, embeddings and head trained by AdamW with the FFNs
+  frozen, for ``attn_fraction`` of the baseline's wall-clock.
+
+Every model is scored on the same targets (every token of the split but the first) by the same code; the
+transformers by sliding windows with half-window stride (:func:`~pilearn.lm.evaluate`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from ..data import TEXT_DATASET_NAMES, load_text
+from ..lm import (KneserNeyLM, LMConfig, PILFitConfig, PILLM, TrainConfig, evaluate, fit_pil, save_lm,
+                  train_adamw)
+from ._results import PeakMemory, Stopwatch, default_out_dir, environment, markdown_table, write_results
+
+Scale = Literal["smoke", "small", "full"]
+GROUPS = ("ngram", "pil", "baseline", "attn")
+
+
+def _progress(msg: str) -> None:
+    print(f"[lm {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class LMBenchConfig:
+    """One run of the LM suite. ``scale`` picks the sizes below; fields override them."""
+
+    scale: Scale = "small"
+    dataset: str = "ptb"
+    data_path: str | None = None
+    level: str | None = None
+    model: str = "small"  # one of pilearn.lm.CONFIGS
+    block_size: int = 64
+    max_train_tokens: int | None = None
+    # PIL-LM
+    expansion: int = 4
+    fusion: str = "concat"
+    lam: float | str = 1e-4
+    head_lam: float = 1e-4
+    # baselines
+    epochs: float = 5.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    dropout: float = 0.1
+    attn_fraction: float = 0.2  # the +Attn phase gets this fraction of the baseline's wall-clock
+    attn_lr: float = 1e-3
+    eval_tokens: int = 20000  # validation tokens per learning-curve point
+    max_eval_tokens: int | None = None  # cap on the valid and test streams (None: whole splits)
+    ngram_orders: tuple[int, ...] = (3, 5)
+    n_layer: int | None = None
+    n_embd: int | None = None
+    n_head: int | None = None
+    groups: tuple[str, ...] | None = None
+    datasets: tuple[str, ...] | None = None  # accepted from the CLI's --datasets; the first one is used
+    seed: int = 0
+    device: str = "cpu"
+    out: Path | None = None
+
+
+SCALES: dict[str, dict[str, Any]] = {
+    "smoke": dict(max_train_tokens=30000, n_layer=2, n_embd=64, n_head=2, block_size=32, epochs=0.5,
+                  batch_size=16, eval_tokens=2000, ngram_orders=(3,), max_eval_tokens=3000),
+    "small": {},
+    "full": dict(model="medium", block_size=128),
+}
+
+
+def make_config(scale: Scale = "small", **overrides: Any) -> LMBenchConfig:
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
+    cfg = replace(LMBenchConfig(scale=scale), **{**SCALES[scale], **overrides})
+    if cfg.datasets:
+        cfg = replace(cfg, dataset=cfg.datasets[0], datasets=None)
+    if cfg.dataset not in TEXT_DATASET_NAMES:
+        raise ValueError(f"dataset must be one of {TEXT_DATASET_NAMES}, got {cfg.dataset!r}")
+    if cfg.groups is not None:
+        unknown = sorted(set(cfg.groups) - set(GROUPS))
+        if unknown:
+            raise ValueError(f"groups must be among {GROUPS}, got unknown {unknown}")
+    return cfg
+
+
+def _on(cfg: LMBenchConfig, group: str) -> bool:
+    return cfg.groups is None or group in cfg.groups
+
+
+def model_config(cfg: LMBenchConfig, vocab_size: int, **kw: Any) -> LMConfig:
+    sizes = {k: v for k, v in (("n_layer", cfg.n_layer), ("n_embd", cfg.n_embd), ("n_head", cfg.n_head))
+             if v is not None}
+    return LMConfig.from_name(cfg.model, vocab_size=vocab_size, block_size=cfg.block_size,
+                              expansion=cfg.expansion, fusion=cfg.fusion, seed=cfg.seed, **{**sizes, **kw})
+
+
+def load_corpus(cfg: LMBenchConfig):
+    corpus = load_text(cfg.dataset, path=cfg.data_path, level=cfg.level, max_tokens=cfg.max_train_tokens)
+    if cfg.max_eval_tokens is not None:
+        corpus = replace(corpus, valid=corpus.valid[: cfg.max_eval_tokens], test=corpus.test[: cfg.max_eval_tokens])
+    return corpus
+
+
+def _eval_row(model: PILLM, corpus) -> dict[str, Any]:
+    v, t = evaluate(model, corpus.valid), evaluate(model, corpus.test)
+    return {"valid_ppl": v.perplexity, "test_ppl": t.perplexity, "test_accuracy": t.accuracy,
+            "test_tokens": t.n_tokens}
+
+
+def _transformer_log_probs(model: PILLM, ids: np.ndarray) -> np.ndarray:
+    """Per-target log-probabilities (targets 1 … n−1) by the same sliding windows as :func:`evaluate`."""
+    from ..lm import sliding_windows
+
+    T = model.config.block_size
+    ids_t = torch.as_tensor(ids).long()
+    out = np.empty(len(ids) - 1)
+    Tw = min(T, len(ids) - 1)
+    with torch.no_grad():
+        wins = sliding_windows(len(ids), T, max(1, T // 2))
+        for b in range(0, len(wins), 64):
+            chunk = wins[b:b + 64]
+            starts = torch.tensor([s for s, _ in chunk])
+            offs = starts[:, None] + torch.arange(Tw)[None, :]
+            logp = model(ids_t[offs]).gather(-1, ids_t[offs + 1][..., None])[..., 0]
+            for row, (s, first) in enumerate(chunk):
+                keep = slice(first - s - 1, Tw)
+                out[first - 1: s + Tw] = logp[row, keep].double().numpy()
+    return out
+
+
+def _mix(lp_a: np.ndarray, lp_b: np.ndarray, beta: float) -> float:
+    """Perplexity of ``β p_a + (1−β) p_b`` from per-token log-probs."""
+    m = np.logaddexp(np.log(beta) + lp_a, np.log1p(-beta) + lp_b) if 0 < beta < 1 else (lp_a if beta >= 1 else lp_b)
+    return float(np.exp(-m.mean()))
+
+
+def run_lm(cfg: LMBenchConfig, command: str = "pilearn bench lm") -> dict:
+    """Run the suite; write ``results.json``, ``results.md``, the learning-curve PNG and the PIL-LM model file."""
+    out = Path(cfg.out) if cfg.out is not None else default_out_dir("lm")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    corpus = load_corpus(cfg)
+    V = corpus.vocab_size
+    results: dict[str, Any] = {"suite": "lm", "command": command, "config": asdict(cfg),
+                               "environment": environment(cfg.device),
+                               "data": {"dataset": cfg.dataset, "level": corpus.level, "vocab_size": V,
+                                        "train_tokens": len(corpus.train), "valid_tokens": len(corpus.valid),
+                                        "test_tokens": len(corpus.test)},
+                               "rows": [], "curves": {}}
+    t0 = time.perf_counter()
+
+    def add(row: dict[str, Any]) -> None:
+        results["rows"].append(row)
+        write_results(out, results)
+        _progress(f"{row['method']}: " + ", ".join(f"{k} {row[k]:.4g}" for k in ("test_ppl", "fit_seconds")
+                                                   if isinstance(row.get(k), float)))
+
+    kn5_lp = {}
+    if _on(cfg, "ngram"):
+        for order in cfg.ngram_orders:
+            with PeakMemory() as mem, Stopwatch() as sw:
+                lm = KneserNeyLM(order).fit(corpus.train, V)
+            lp_v = lm.score(corpus.valid[1:], context=corpus.valid[:1])
+            lp_t = lm.score(corpus.test[1:], context=corpus.test[:1])
+            kn5_lp[order] = (lp_v, lp_t)
+            add({"method": f"Kneser-Ney {order}-gram", "family": "n-gram", "fit_seconds": sw.seconds,
+                 "peak_mb": mem.peak_mb, "params": lm.n_params_, "gradient_free": True,
+                 "valid_ppl": float(np.exp(-lp_v.mean())), "test_ppl": float(np.exp(-lp_t.mean()))})
+
+    pil_seconds = None
+    pil_model = None
+    if _on(cfg, "pil") or _on(cfg, "attn"):
+        mcfg = model_config(cfg, V, ffn="pil", tie_weights=False, dropout=0.0)
+        pil_model = PILLM(mcfg).to(cfg.device)
+        _progress(f"PIL-LM (pure): fit, {mcfg}")
+        with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
+            rep = fit_pil(pil_model, corpus.train, valid_ids=corpus.valid[: cfg.eval_tokens],
+                          config=PILFitConfig(lam=cfg.lam, head_lam=cfg.head_lam, seed=cfg.seed))
+        pil_seconds = sw.seconds
+        row = {"method": "PIL-LM (pure)", "family": "PIL", "fit_seconds": sw.seconds, "peak_mb": mem.peak_mb,
+               "params": pil_model.n_params(), "gradient_free": True, "fit": rep.to_dict(),
+               **_eval_row(pil_model, corpus)}
+        add(row)
+        save_lm(pil_model, out / "pil_lm_pure.safetensors",
+                vocab=corpus.vocab.to_dict() if corpus.vocab is not None else None)
+        if 5 in kn5_lp or kn5_lp:
+            order = 5 if 5 in kn5_lp else max(kn5_lp)
+            lp_pv, lp_pt = (_transformer_log_probs(pil_model, corpus.valid), _transformer_log_probs(pil_model, corpus.test))
+            grid = [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+            scores = {b: _mix(lp_pv, kn5_lp[order][0], b) for b in grid}
+            beta = min(scores, key=scores.get)
+            add({"method": f"PIL-LM (pure) ⊕ KN-{order}, β={beta:g} on valid", "family": "PIL + n-gram",
+                 "gradient_free": True, "fit_seconds": sw.seconds,
+                 "valid_ppl": scores[beta], "test_ppl": _mix(lp_pt, kn5_lp[order][1], beta),
+                 "beta_grid": {str(k): v for k, v in scores.items()}})
+
+    base_seconds = None
+    if _on(cfg, "baseline"):
+        budgets = [("epochs", TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                                          eval_tokens=cfg.eval_tokens, seed=cfg.seed))]
+        if pil_seconds is not None:
+            budgets.append(("time-matched", TrainConfig(epochs=cfg.epochs, max_seconds=pil_seconds,
+                                                        schedule_by_time=True, batch_size=cfg.batch_size,
+                                                        lr=cfg.lr, eval_tokens=cfg.eval_tokens, seed=cfg.seed)))
+        for tag, tcfg in budgets:
+            torch.manual_seed(cfg.seed)
+            model = PILLM(model_config(cfg, V, ffn="mlp", dropout=cfg.dropout)).to(cfg.device)
+            label = (f"Transformer, AdamW, {cfg.epochs:g} epochs" if tag == "epochs"
+                     else f"Transformer, AdamW, time-matched to PIL-LM (pure) ({pil_seconds:.0f} s)")
+            _progress(f"{label}: train")
+            with PeakMemory(device=cfg.device) as mem:
+                rep = train_adamw(model, corpus.train, corpus.valid, config=tcfg,
+                                  progress=_step_logger(label))
+            if tag == "epochs":
+                base_seconds = rep.seconds
+            results["curves"][label] = rep.curve
+            add({"method": label, "family": "gradient", "fit_seconds": rep.seconds, "peak_mb": mem.peak_mb,
+                 "params": model.n_params(), "steps": rep.steps, "epochs": rep.epochs, "gradient_free": False,
+                 **_eval_row(model, corpus)})
+
+    if _on(cfg, "attn") and pil_model is not None:
+        budget = cfg.attn_fraction * (base_seconds if base_seconds is not None else 10 * (pil_seconds or 60.0))
+        label = f"PIL-LM (+Attn), AdamW on attention for {cfg.attn_fraction:g}× the baseline's time"
+        # the pure head's softmax alternative starts the gradient phase: a softmax head trains well
+        temps = {k: v for k, v in rep_grid(results).items() if k.startswith("softmax")}
+        if temps:
+            pil_model.temperature.fill_(float(min(temps, key=temps.get).split("=")[1]))
+        pil_model.head = "softmax"
+        _progress(f"{label}: train for {budget:.0f} s")
+        with PeakMemory(device=cfg.device) as mem:
+            rep = train_adamw(pil_model, corpus.train, corpus.valid, which="attention",
+                              config=TrainConfig(epochs=cfg.epochs, max_seconds=budget, schedule_by_time=True,
+                                                 batch_size=cfg.batch_size, lr=cfg.attn_lr,
+                                                 eval_tokens=cfg.eval_tokens, seed=cfg.seed),
+                              progress=_step_logger(label))
+        results["curves"][label] = rep.curve
+        add({"method": label, "family": "PIL + gradient", "fit_seconds": (pil_seconds or 0.0) + rep.seconds,
+             "pil_seconds": pil_seconds, "attn_seconds": rep.seconds, "peak_mb": mem.peak_mb,
+             "params": pil_model.n_params(), "trainable_params": rep.trainable_parameters, "steps": rep.steps,
+             "gradient_free": False, **_eval_row(pil_model, corpus)})
+        save_lm(pil_model, out / "pil_lm_attn.safetensors",
+                vocab=corpus.vocab.to_dict() if corpus.vocab is not None else None)
+    results["total_seconds"] = time.perf_counter() - t0
+    write_results(out, results)
+    render(out)
+    _progress(f"wrote {out / 'results.json'} and results.md")
+    return results
+
+
+def rep_grid(results: dict[str, Any]) -> dict[str, float]:
+    for row in results["rows"]:
+        if row["method"] == "PIL-LM (pure)":
+            return row["fit"]["head"]["grid"]
+    return {}
+
+
+def _step_logger(label: str):
+    last = [time.perf_counter()]
+
+    def log(step: int, total: int, loss: float) -> None:
+        if time.perf_counter() - last[0] > 60:
+            last[0] = time.perf_counter()
+            _progress(f"{label}: step {step}/{total}, loss {loss:.3f}")
+    return log
+
+
+COLUMNS = [("method", "model"), ("params", "params"), ("fit_seconds", "time (s)"), ("valid_ppl", "valid PPL"),
+           ("test_ppl", "test PPL"), ("test_accuracy", "test top-1"), ("peak_mb", "peak MB"),
+           ("gradient_free", "gradient-free")]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    d = results["data"]
+    lines = [f"# `{results['command']}`", "",
+             f"{d['dataset']} ({d['level']} level, vocabulary {d['vocab_size']:,}; train {d['train_tokens']:,}, "
+             f"valid {d['valid_tokens']:,}, test {d['test_tokens']:,} tokens). Machine: {env.get('cpu', '?')}, "
+             f"device {env.get('device', 'cpu')}, torch {env.get('torch', '?')}, revision {env.get('git_revision')}.",
+             "", markdown_table(results["rows"], COLUMNS), ""]
+    bars = _bars(results)
+    if bars:
+        lines += ["## Bars (issue 4)", ""] + [f"- {b}" for b in bars] + [""]
+    return "\n".join(lines)
+
+
+def _bars(results: dict[str, Any]) -> list[str]:
+    rows = {r["method"]: r for r in results["rows"]}
+    kn = next((r for m, r in rows.items() if m.startswith("Kneser-Ney 5")), None)
+    pure = rows.get("PIL-LM (pure)")
+    base = next((r for m, r in rows.items() if "epochs" in m and m.startswith("Transformer")), None)
+    attn = next((r for m, r in rows.items() if m.startswith("PIL-LM (+Attn)")), None)
+    out = []
+    if kn and pure:
+        ok = pure["test_ppl"] < kn["test_ppl"]
+        out.append(f"PIL-LM (pure) test PPL {pure['test_ppl']:.1f} vs Kneser-Ney 5-gram {kn['test_ppl']:.1f}: "
+                   f"{'met' if ok else 'NOT met'}")
+    if base and attn:
+        within = attn["test_ppl"] <= 1.1 * base["test_ppl"]
+        fast = attn["fit_seconds"] <= base["fit_seconds"] / 5
+        out.append(f"PIL-LM (+Attn) test PPL {attn['test_ppl']:.1f} vs AdamW {base['test_ppl']:.1f} "
+                   f"(within 10 %: {'met' if within else 'NOT met'}), time {attn['fit_seconds']:.0f} s vs "
+                   f"{base['fit_seconds']:.0f} s (≤ 1/5: {'met' if fast else 'NOT met'})")
+    return out
+
+
+def render(out: Path) -> None:
+    results = json.loads((out / "results.json").read_text())
+    (out / "results.md").write_text(render_markdown(results) + "\n")
+    _plot_curves(results, out / "curves.png")
+
+
+def _plot_curves(results: dict[str, Any], path: Path) -> None:
+    if not results.get("curves"):
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, curve in results["curves"].items():
+        pts = [(p["seconds"], p["valid_ppl"]) for p in curve if "valid_ppl" in p]
+        if pts:
+            offset = 0.0
+            if label.startswith("PIL-LM (+Attn)"):
+                offset = next((r.get("pil_seconds") or 0.0 for r in results["rows"] if r["method"] == label), 0.0)
+            ax.plot([offset + s for s, _ in pts], [v for _, v in pts], marker="o", label=label)
+    for r in results["rows"]:
+        if r.get("gradient_free") and r.get("valid_ppl"):
+            ax.axhline(r["valid_ppl"], ls="--", lw=1, color="gray")
+            ax.text(0, r["valid_ppl"], r["method"], fontsize=7, va="bottom")
+    ax.set_xlabel("wall-clock seconds (training only)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,92 @@
+"""Language-model metrics: exact perplexity and top-1 accuracy of a token stream under a model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["LMEval", "evaluate", "perplexity", "sliding_windows"]
+
+
+@dataclass(frozen=True)
+class LMEval:
+    """``perplexity = exp(nll)``, ``nll`` the mean negative log-likelihood (nats) of the ``n_tokens`` scored."""
+
+    perplexity: float
+    nll: float
+    accuracy: float
+    n_tokens: int
+
+    def to_dict(self) -> dict[str, float]:
+        return {"perplexity": self.perplexity, "nll": self.nll, "accuracy": self.accuracy, "n_tokens": self.n_tokens}
+
+
+def perplexity(log_probs: torch.Tensor | np.ndarray) -> float:
+    """``exp(−mean(log_probs))`` of per-token natural-log probabilities, computed in float64."""
+    lp = torch.as_tensor(np.asarray(log_probs) if not isinstance(log_probs, torch.Tensor) else log_probs)
+    if lp.numel() == 0:
+        raise ValueError("log_probs is empty: perplexity needs at least one scored token")
+    return math.exp(-float(lp.double().mean()))
+
+
+def sliding_windows(n: int, block_size: int, stride: int) -> list[tuple[int, int]]:
+    """Windows ``(start, first)`` covering the targets ``1 … n−1`` of an ``n``-token stream exactly once.
+
+    Window ``start`` reads ``ids[start : start+T]`` and predicts ``ids[start+1 : start+T+1]``; it scores the
+    targets from absolute index ``first`` on, so every target after the first window sees at least
+    ``T − stride`` tokens of context.
+    """
+    T = min(block_size, n - 1)
+    out: list[tuple[int, int]] = []
+    covered = 0  # targets 1 … covered are scored
+    start = 0
+    while covered < n - 1:
+        start = min(start, n - 1 - T)
+        out.append((start, covered + 1))
+        covered = start + T
+        start += stride
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: int | None = None,
+             batch_size: int = 64) -> LMEval:
+    """Perplexity and top-1 accuracy of ``model`` on the stream ``ids``, predicting every token but the first.
+
+    ``model(idx)`` must return next-token log-probabilities ``(B, T, V)`` and have ``config.block_size``.
+    Windows of ``block_size`` tokens slide by ``stride`` (default ``block_size // 2``); each target is scored
+    once, in the first window where it has the most context the stride allows (see :func:`sliding_windows`).
+    """
+    ids_t = torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids).long().reshape(-1)
+    if ids_t.numel() < 2:
+        raise ValueError(f"ids must hold at least 2 tokens (one to condition on, one to predict), got {ids_t.numel()}")
+    T = model.config.block_size
+    stride = max(1, T // 2) if stride is None else stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= T:
+        raise ValueError(f"stride must be an int in [1, block_size={T}], got {stride!r}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    wins = sliding_windows(ids_t.numel(), T, stride)
+    Tw = min(T, ids_t.numel() - 1)
+    total_lp, correct, count = 0.0, 0, 0
+    for b in range(0, len(wins), batch_size):
+        chunk = wins[b:b + batch_size]
+        starts = torch.tensor([s for s, _ in chunk])
+        offs = starts[:, None] + torch.arange(Tw)[None, :]
+        x, y = ids_t[offs].to(device), ids_t[offs + 1].to(device)
+        logp = model(x)  # (B, T, V)
+        tgt_lp = logp.gather(-1, y[..., None])[..., 0]
+        hit = logp.argmax(-1) == y
+        # target absolute index of position p in window s is s + p + 1; keep those ≥ first
+        keep = (offs + 1) >= torch.tensor([f for _, f in chunk])[:, None]
+        keep = keep.to(device)
+        total_lp += float(tgt_lp[keep].double().sum())
+        correct += int(hit[keep].sum())
+        count += int(keep.sum())
+    model.train(was_training)
+    nll = -total_lp / count
+    return LMEval(math.exp(nll), nll, correct / count, count)

@@ -1,0 +1,490 @@
+"""PIL-LM (pure): every weight of the transformer obtained without a gradient.
+
+A transformer language model is ``p(w_{t+1} | w_{≤t}) = head(x_L)``, with the residual stream ``x`` built by
+embeddings, attention and FFNs. Here each part is set in closed form, in this order (one pass over the
+training stream for the embeddings, one per layer for the FFNs, one for the head):
+
+**Layout of the residual stream.** ``x = Q z`` where ``Q`` (``C × (C−1)``) is a seeded orthonormal basis of the
+vectors orthogonal to ``1`` (so LayerNorm's mean subtraction is the identity and it only rescales) and ``z`` is
+split into named blocks: ``tok`` (the current token, ``d_tok``), ``pos`` (its position, ``2F``), one ``slot`` per
+shift head (the token ``o`` places back, ``d_tok`` each), ``bow`` (an average of all earlier tokens, ``d_bow``) and
+``pred`` (``d_pred``), the block the FFNs write their predictions into.
+
+**Embeddings** (``wte``). Spectral: with ``M_o`` the positive PMI matrix of (token ``w_t``, token ``w_{t+1+o}``)
+over the training stream, ``[M_0 M_1 … M_{S}] ≈ U Σ Vᵀ`` (truncated SVD); ``wte[w] = Q_tok · U_w Σ^½``, rows
+rescaled to a common norm. A token's input vector is thus its best rank-``d_tok`` summary of *what follows it*
+at every distance the attention can see. The output embedding ``u(w)`` (``d_pred``) is the same construction
+read from the other side (``V Σ^½`` of ``M_0``): a token's summary of *what precedes it*. ``wpe[i] = Q_pos·p_i``
+with ``p_i = (cos ω_f i, sin ω_f i)_f``.
+
+**Attention** (layer 1; later layers' attention outputs are zero). Head ``o`` (``o = 1 … n_head−1``) is a *shift
+head*: its query is the position code rotated by ``−ω_f o``, its key the position code, so its score
+``β Σ_f cos ω_f (i − o − j)`` peaks at ``j = i − o`` and, with ``β`` set from the score gap, the softmax puts
+≥ 99 % of its weight there; its value is the ``tok`` block, written by ``c_proj`` into slot ``o``. The last head
+has zero query and key, so it averages the ``tok`` blocks of all earlier positions (a bag of words of the whole
+context) into ``bow``. After layer 1 the stream holds ``[e(w_t), e(w_{t−1}), …, e(w_{t−S}), mean_{j≤t} e(w_j)]``:
+an n-gram window plus a long-range summary, built by ordinary softmax attention with fixed weights.
+
+**FFNs** (the seed's Bi-PIL block, layer by layer, earlier layers fixed). Layer ``ℓ`` sees ``H_ℓ = φ(LN(x_ℓ))``
+(fixed random features) and regresses onto the part of the next token's output embedding that the stream
+does not yet hold::
+
+    Y_ℓ = u(w_{t+1}) − Q_predᵀ x_ℓ ,   W_ℓ = (H̃ᵀH̃ + λI)⁻¹ H̃ᵀỸ   (centred; intercept unpenalized)
+
+and writes ``Q_pred (H_ℓ W_ℓ + b_ℓ)`` back: each FFN is one step of least-squares boosting of the stream
+towards ``u(w_{t+1})``, the vector the head reads best (its nearest neighbours are the tokens that follow the same
+contexts). Solved through :class:`~pilearn.solvers.RidgeStats`, with the condition number of ``G̃ + λI``
+recorded and an eigendecomposition pseudo-inverse when it exceeds ``max_condition`` (seed ``001`` §3.5).
+
+**Head.** ``s(x) = LN(x_L) A + c`` by ridge onto the one-hot next token, which estimates ``E[onehot(w_{t+1}) | x] =
+p(w_{t+1} | x)`` itself. A softmax of such scores is badly calibrated (a softmax wants log-probabilities), so
+the head is the clipped, normalized estimate mixed with the unigram distribution,
+``p = (1−α) relu(s)/Σ relu(s) + α p_uni``; ``α`` (and the softmax alternative with a temperature, kept if it
+is better) is chosen on held-out text by a grid, not a gradient.
+
+No ``.backward()`` is ever called: the whole fit runs under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..features import derive_seed, make_generator
+from ..solvers import RidgeStats, lam_scale, spd_solve
+from .model import PILLM, PILFeedForward
+
+__all__ = ["PILFitConfig", "PILFitReport", "fit_pil", "spectral_embeddings", "stream_layout"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PILFitConfig:
+    """How :func:`fit_pil` sets a :class:`PILLM` in closed form; see the module docstring for the math.
+
+    ``lam`` and ``head_lam`` are *relative*: the ridge penalty is ``lam · tr(G̃)/d``, so one value means the same
+    across widths and data sizes; ``"gcv"`` picks it per solve by generalized cross-validation from the
+    statistics alone.
+    """
+
+    lam: float | Literal["gcv"] = 1e-4
+    head_lam: float | Literal["gcv"] = 1e-4
+    pos_freqs: int = 8
+    d_pred: int | None = None  # default n_embd // 4
+    bow_fraction: float = 0.5  # d_bow = bow_fraction · d_tok
+    attention: Literal["shift", "random"] = "shift"
+    head: Literal["ridge", "lda"] = "ridge"  # least squares, or Gaussian discriminant (softmax of linear logits)
+    lda_shrink: float = 1.0  # pseudo-counts pulling rare tokens' class means towards the global mean  # "random": seeded random q, k, v (the naive alternative)
+    batch_windows: int = 256
+    max_condition: float = 1e10
+    alpha_grid: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
+    temperature_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 20.0, 40.0)
+    gcv_grid: tuple[float, ...] = tuple(float(v) for v in np.logspace(-8, 0, 9))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("lam", "head_lam"):
+            v = getattr(self, name)
+            if v != "gcv" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
+                               or not math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite float >= 0 or 'gcv', got {v!r}")
+        if self.attention not in ("shift", "random"):
+            raise ValueError(f"attention must be 'shift' or 'random', got {self.attention!r}")
+        for name in ("pos_freqs", "batch_windows"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if not 0.0 < self.bow_fraction <= 1.0:
+            raise ValueError(f"bow_fraction must be in (0, 1], got {self.bow_fraction!r}")
+
+
+@dataclass
+class PILFitReport:
+    """What a closed-form fit did: timings, the λ of every solve, condition numbers, the head chosen."""
+
+    seconds: float = 0.0
+    layout: dict[str, int] = field(default_factory=dict)
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    head: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------- layout
+def stream_layout(n_embd: int, n_head: int, *, pos_freqs: int = 8, d_pred: int | None = None,
+                  bow_fraction: float = 0.5) -> dict[str, slice]:
+    """Blocks of the design coordinates ``z`` (``C − 1`` of them): tok, pos, slot1…slotS, bow, pred."""
+    n_shift = n_head - 1
+    d_pred = n_embd // 4 if d_pred is None else d_pred
+    free = n_embd - 1 - 2 * pos_freqs - d_pred
+    d_tok = int(free // (1 + n_shift + bow_fraction))
+    hs = n_embd // n_head
+    d_tok = min(d_tok, hs)
+    d_bow = max(1, int(bow_fraction * d_tok))
+    if d_tok < 2 or d_pred < 1 or 2 * pos_freqs > hs:
+        raise ValueError(f"n_embd={n_embd}, n_head={n_head} leave no room for the stream layout "
+                         f"(d_tok={d_tok}, d_pred={d_pred}, 2·pos_freqs={2 * pos_freqs}, head size {hs})")
+    blocks: dict[str, slice] = {}
+    at = 0
+    for name, size in [("tok", d_tok), ("pos", 2 * pos_freqs), *[(f"slot{o}", d_tok) for o in range(1, n_shift + 1)],
+                       ("bow", d_bow)]:
+        blocks[name] = slice(at, at + size)
+        at += size
+    blocks["pred"] = slice(at, n_embd - 1)  # everything left over goes to the predictions
+    return blocks
+
+
+def _basis(n_embd: int, seed: int) -> torch.Tensor:
+    """Seeded orthonormal ``Q`` (C × (C−1)) whose columns are orthogonal to the all-ones vector."""
+    g = make_generator(derive_seed(seed, "lm-basis"))
+    A = torch.randn(n_embd, n_embd, generator=g, dtype=torch.float64)
+    A[:, 0] = 1.0
+    Q, R = torch.linalg.qr(A)
+    Q = Q * torch.sign(torch.diagonal(R))[None, :]
+    return Q[:, 1:]
+
+
+def _frequencies(F_: int, block_size: int) -> tuple[torch.Tensor, float]:
+    """Angular frequencies of the position code and the smallest score gap ``1 − max_{0<|Δ|<T} S(Δ)``."""
+    # geometric from π·0.9 down to one period over twice the context: sharp locally, unaliased globally
+    omega = torch.from_numpy(np.geomspace(0.9 * math.pi, math.pi / block_size, F_)).to(torch.float64)
+    delta = torch.arange(1, max(block_size, 2), dtype=torch.float64)
+    S = torch.cos(omega[None, :] * delta[:, None]).mean(1)
+    return omega, float(1.0 - S.max())
+
+
+# ---------------------------------------------------------------------------------------------- embeddings
+def _ppmi(a: np.ndarray, b: np.ndarray, V: int, alpha: float = 0.75):
+    import scipy.sparse as sp
+
+    C = sp.coo_matrix((np.ones(len(a), dtype=np.float64), (a, b)), shape=(V, V)).tocsr()
+    C.sum_duplicates()
+    C = C.tocoo()
+    rows = np.asarray(np.bincount(C.row, weights=C.data, minlength=V), dtype=np.float64)
+    ctx = np.bincount(C.col, weights=C.data, minlength=V) ** alpha  # context distribution smoothing
+    ctx = ctx / ctx.sum()
+    pmi = np.log(C.data / rows[C.row] / ctx[C.col])
+    keep = pmi > 0
+    return sp.csr_matrix((pmi[keep], (C.row[keep], C.col[keep])), shape=(V, V))
+
+
+def spectral_embeddings(ids: np.ndarray, vocab_size: int, dim: int, *, offsets: int = 1,
+                        out_dim: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Input (and output) token embeddings from the truncated SVD of positive-PMI next-token matrices.
+
+    ``[M_0 … M_{offsets−1}] ≈ U Σ Vᵀ`` with ``M_o[a, b] = max(0, log p(w_{t+1+o}=b | w_t=a) / p_α(b))``; the
+    input embedding is ``U Σ^½`` (``V × dim``). With ``out_dim``, the output embedding is ``V' Σ'^½`` of ``M_0``
+    alone (``V × out_dim``): row ``b`` summarizes which tokens precede ``b``. Deterministic (ARPACK started from
+    a fixed vector).
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    ids = np.asarray(ids, dtype=np.int64)
+    mats = [_ppmi(ids[: len(ids) - 1 - o], ids[1 + o:], vocab_size) for o in range(offsets)]
+    M = sp.hstack(mats).tocsr()
+    k = min(dim, min(M.shape) - 1)
+    U, S, _ = svds(M, k=k, v0=np.ones(min(M.shape)) / math.sqrt(min(M.shape)))
+    order = np.argsort(-S)
+    emb_in = U[:, order] * np.sqrt(S[order])
+    if k < dim:
+        emb_in = np.pad(emb_in, ((0, 0), (0, dim - k)))
+    emb_out = None
+    if out_dim is not None:
+        k2 = min(out_dim, vocab_size - 1)
+        _, S2, Vt2 = svds(mats[0], k=k2, v0=np.ones(vocab_size) / math.sqrt(vocab_size))
+        o2 = np.argsort(-S2)
+        emb_out = Vt2[o2].T * np.sqrt(S2[o2])
+        if k2 < out_dim:
+            emb_out = np.pad(emb_out, ((0, 0), (0, out_dim - k2)))
+    return emb_in, emb_out
+
+
+def _unit_rows(E: np.ndarray, norm: float, seed: int) -> torch.Tensor:
+    """Rows rescaled to ``norm``; an all-zero row (a token never seen) gets a seeded random direction."""
+    E = torch.from_numpy(np.ascontiguousarray(E)).to(torch.float64)
+    n = E.norm(dim=1, keepdim=True)
+    zero = n[:, 0] < 1e-12
+    if zero.any():
+        g = make_generator(derive_seed(seed, "unseen-token"))
+        E[zero] = torch.randn(int(zero.sum()), E.shape[1], generator=g, dtype=torch.float64)
+        n = E.norm(dim=1, keepdim=True)
+    return E / n * norm
+
+
+# ---------------------------------------------------------------------------------------------- data
+def _windows(ids: np.ndarray, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping training windows: inputs ``(N, T)`` and next-token targets ``(N, T)``."""
+    n = (len(ids) - 1) // T
+    x = torch.from_numpy(np.ascontiguousarray(ids[: n * T])).view(n, T)
+    y = torch.from_numpy(np.ascontiguousarray(ids[1: n * T + 1])).view(n, T)
+    return x, y
+
+
+def _check_ids(ids: object, vocab_size: int, name: str, min_len: int) -> np.ndarray:
+    arr = np.asarray(ids)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D integer token stream, got {arr.dtype} array of shape {arr.shape}")
+    if len(arr) < min_len:
+        raise ValueError(f"{name} must hold at least {min_len} tokens, got {len(arr)}")
+    if arr.min() < 0 or arr.max() >= vocab_size:
+        raise ValueError(f"{name} holds ids outside [0, {vocab_size}): min {arr.min()}, max {arr.max()}")
+    return arr.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------- the fit
+@torch.no_grad()
+def fit_pil(model: PILLM, train_ids: np.ndarray, *, valid_ids: np.ndarray | None = None,
+            config: PILFitConfig | None = None, progress: Any = None) -> PILFitReport:
+    """Set every weight of ``model`` (a :class:`PILLM` with ``ffn="pil"``) in closed form; see the module doc.
+
+    Args:
+        model: the transformer to fit, in place.
+        train_ids: the training token stream (1-D ints).
+        valid_ids: held-out stream on which the head's calibration (α or temperature) is chosen; a tail of
+            ``train_ids`` (2 %) is held out when None.
+        config: :class:`PILFitConfig`.
+        progress: optional callable ``progress(stage: str, done: int, total: int)``.
+
+    Returns:
+        A :class:`PILFitReport`.
+    """
+    cfg = config or PILFitConfig()
+    if not isinstance(model, PILLM):
+        raise TypeError(f"model must be a PILLM, got {type(model).__name__}")
+    mc = model.config
+    if mc.ffn != "pil":
+        raise ValueError(f"fit_pil needs a model with ffn='pil', got ffn={mc.ffn!r}")
+    if mc.tie_weights:
+        raise ValueError("fit_pil needs an untied head (LMConfig(tie_weights=False)): the solved head is not wte")
+    T = mc.block_size
+    ids = _check_ids(train_ids, mc.vocab_size, "train_ids", 2 * T + 2)
+    if valid_ids is None:
+        cut = len(ids) - max(T + 1, len(ids) // 50)
+        ids, valid_ids = ids[:cut], ids[cut:]
+    valid_ids = _check_ids(valid_ids, mc.vocab_size, "valid_ids", T + 1)
+    report = PILFitReport()
+    t_start = time.perf_counter()
+    model.eval()
+    device = next(model.parameters()).device
+    blocks = stream_layout(mc.n_embd, mc.n_head, pos_freqs=cfg.pos_freqs, d_pred=cfg.d_pred,
+                           bow_fraction=cfg.bow_fraction)
+    report.layout = {k: v.stop - v.start for k, v in blocks.items()}
+    Q = _basis(mc.n_embd, cfg.seed)
+
+    t = time.perf_counter()
+    _set_embeddings(model, ids, blocks, Q, cfg)
+    report.timings["embeddings"] = time.perf_counter() - t
+    _set_attention(model, blocks, Q, cfg)
+
+    X, Y = _windows(ids, T)
+    # the stream of every training window, kept in memory and advanced one layer at a time
+    stream = torch.empty(X.shape[0], T, mc.n_embd, dtype=torch.float32)
+    bs = cfg.batch_windows
+    pos = torch.arange(T, device=device)
+    for i in range(0, X.shape[0], bs):
+        xb = X[i:i + bs].to(device)
+        stream[i:i + bs] = (model.wte(xb) + model.wpe(pos)).cpu()
+    u = model._pil_u  # (V, d_pred) output embedding, set by _set_embeddings
+    Qp = Q[:, blocks["pred"]].to(torch.float32).to(device)  # (C, d_pred)
+    for layer, block in enumerate(model.h):
+        t = time.perf_counter()
+        ffn = block.mlp
+        assert isinstance(ffn, PILFeedForward)
+        stats = RidgeStats(ffn.width, Qp.shape[1], dual=False, device=device)
+        for i in range(0, X.shape[0], bs):
+            x = stream[i:i + bs].to(device)
+            x = x + block.attn(block.ln_1(x))
+            stream[i:i + bs] = x.cpu()
+            H = ffn.features(block.ln_2(x)).reshape(-1, ffn.width)
+            target = u[Y[i:i + bs].to(device)].reshape(-1, Qp.shape[1]) - x.reshape(-1, mc.n_embd) @ Qp
+            stats.update(H, target, check_finite=False)
+            if progress is not None:
+                progress(f"layer {layer + 1}", min(i + bs, X.shape[0]), X.shape[0])
+        info = _solve(stats, cfg.lam, cfg)
+        W, b = info.pop("coef"), info.pop("intercept")
+        ffn.out.weight.copy_((Qp.double() @ W.T.to(device)).to(ffn.out.weight.dtype))
+        ffn.out.bias.copy_((Qp.double() @ b.to(device)).to(ffn.out.bias.dtype))
+        for i in range(0, X.shape[0], bs):  # add this layer's FFN to the stored stream
+            x = stream[i:i + bs].to(device)
+            stream[i:i + bs] = (x + ffn(block.ln_2(x))).cpu()
+        info["seconds"] = time.perf_counter() - t
+        report.layers.append(info)
+        logger.info("PIL-LM layer %d: %s", layer + 1, info)
+
+    t = time.perf_counter()
+    report.head = _fit_head(model, stream, Y, valid_ids, cfg)
+    report.timings["head"] = time.perf_counter() - t
+    report.seconds = time.perf_counter() - t_start
+    del model._pil_u
+    return report
+
+
+def _set_embeddings(model: PILLM, ids: np.ndarray, blocks: dict[str, slice], Q: torch.Tensor,
+                    cfg: PILFitConfig) -> None:
+    mc = model.config
+    d_tok = blocks["tok"].stop - blocks["tok"].start
+    d_pred = blocks["pred"].stop - blocks["pred"].start
+    n_shift = mc.n_head - 1
+    E_in, E_out = spectral_embeddings(ids, mc.vocab_size, d_tok, offsets=n_shift + 1, out_dim=d_pred)
+    r_tok = math.sqrt(d_tok)
+    E = _unit_rows(E_in, r_tok, cfg.seed)
+    model.wte.weight.copy_((E @ Q[:, blocks["tok"]].T).to(model.wte.weight.dtype))
+    model._pil_u = _unit_rows(E_out, math.sqrt(d_pred), cfg.seed + 1).to(torch.float32).to(model.wte.weight.device)
+    omega, _ = _frequencies(cfg.pos_freqs, mc.block_size)
+    i = torch.arange(mc.block_size, dtype=torch.float64)[:, None]
+    P = torch.cat([torch.cos(omega * i), torch.sin(omega * i)], 1) / math.sqrt(cfg.pos_freqs)  # (T, 2F), norm 1
+    r_pos = math.sqrt(2 * cfg.pos_freqs)
+    model.wpe.weight.copy_((r_pos * P @ Q[:, blocks["pos"]].T).to(model.wpe.weight.dtype))
+    model._pil_norms = (r_tok, r_pos, omega)
+
+
+def _set_attention(model: PILLM, blocks: dict[str, slice], Q: torch.Tensor, cfg: PILFitConfig) -> None:
+    mc = model.config
+    C, nh = mc.n_embd, mc.n_head
+    hs = C // nh
+    r_tok, r_pos, omega = model._pil_norms
+    del model._pil_norms
+    s = math.sqrt(C) / math.sqrt(r_tok ** 2 + r_pos ** 2)  # LayerNorm's scale on the layer-1 input
+    F_ = cfg.pos_freqs
+    _, gap = _frequencies(F_, mc.block_size)
+    beta = math.log(99.0 * mc.block_size) / gap  # ≥ 99 % of each shift head's weight on its target position
+    Qpos, Qtok = Q[:, blocks["pos"]].T, Q[:, blocks["tok"]].T  # (2F, C), (d_tok, C)
+    d_tok = Qtok.shape[0]
+    for block in model.h:
+        for ln in (block.ln_1, block.ln_2):
+            ln.weight.fill_(1.0)
+            ln.bias.zero_()
+        block.attn.c_attn.weight.zero_()
+        block.attn.c_attn.bias.zero_()
+        block.attn.c_proj.weight.zero_()
+        block.attn.c_proj.bias.zero_()
+    model.ln_f.weight.fill_(1.0)
+    model.ln_f.bias.zero_()
+    attn = model.h[0].attn
+    Wq, Wk, Wv = attn.c_attn.weight[:C], attn.c_attn.weight[C:2 * C], attn.c_attn.weight[2 * C:]
+    if cfg.attention == "random":  # the naive alternative: seeded random q, k, v and output
+        g = make_generator(derive_seed(cfg.seed, "random-attention"))
+        attn.c_attn.weight.copy_(torch.randn(3 * C, C, generator=g) / math.sqrt(C))
+        attn.c_proj.weight.copy_(torch.randn(C, C, generator=g) / math.sqrt(C))
+        return
+    # scores: (a s² r_pos²/√hs)·S(Δ) with S the mean of cos ω_f Δ; want β S(Δ)
+    a = beta * math.sqrt(hs) / (s * s * r_pos * r_pos)
+    for h in range(nh - 1):
+        o = h + 1
+        c, sn = torch.cos(omega * o), torch.sin(omega * o)
+        R = torch.zeros(2 * F_, 2 * F_, dtype=torch.float64)  # p_i ↦ p_{i−o}: rotate every pair by −ω o
+        idx = torch.arange(F_)
+        R[idx, idx], R[idx, F_ + idx] = c, sn
+        R[F_ + idx, idx], R[F_ + idx, F_ + idx] = -sn, c
+        rows = slice(h * hs, h * hs + 2 * F_)
+        Wq[rows] = (a * R @ Qpos).to(Wq.dtype)
+        Wk[rows] = Qpos.to(Wk.dtype)
+        Wv[h * hs: h * hs + d_tok] = (Qtok / s).to(Wv.dtype)
+        attn.c_proj.weight[:, h * hs: h * hs + d_tok] = Q[:, blocks[f"slot{o}"]].to(attn.c_proj.weight.dtype)
+    h = nh - 1  # the bag-of-words head: zero query and key, so a uniform average over j ≤ i
+    d_bow = blocks["bow"].stop - blocks["bow"].start
+    Wv[h * hs: h * hs + d_bow] = (Qtok[:d_bow] / s).to(Wv.dtype)
+    attn.c_proj.weight[:, h * hs: h * hs + d_bow] = Q[:, blocks["bow"]].to(attn.c_proj.weight.dtype)
+
+
+def _solve(stats: RidgeStats, lam: float | str, cfg: PILFitConfig) -> dict[str, Any]:
+    """Ridge solve with condition monitoring; ``lam`` relative to ``tr(G̃)/d`` or ``"gcv"``."""
+    scale = lam_scale(stats)
+    if lam == "gcv":
+        path = stats.solve_path([g * scale for g in cfg.gcv_grid])
+        rel = float(path.best_lam) / scale
+    else:
+        rel = float(lam)
+    G, C, _ = stats.centered()
+    G.diagonal().add_(rel * scale)
+    evals = torch.linalg.eigvalsh(G)
+    cond = float(evals[-1] / evals[0].clamp_min(torch.finfo(torch.float64).tiny))
+    coef, method = spd_solve(G, C, max_condition=cfg.max_condition)
+    return {"coef": coef, "intercept": stats._intercept(coef), "lam_relative": rel, "lam": rel * scale,
+            "condition": cond, "method": method, "rows": int(stats.n)}
+
+
+def _fit_head(model: PILLM, stream: torch.Tensor, Y: torch.Tensor, valid_ids: np.ndarray,
+              cfg: PILFitConfig) -> dict[str, Any]:
+    """Ridge from ``LN(x_L)`` onto the one-hot next token, then its calibration on held-out text."""
+    mc = model.config
+    device = model.lm_head.weight.device
+    C, V = mc.n_embd, mc.vocab_size
+    G = torch.zeros(C + 1, C + 1, dtype=torch.float64, device=device)
+    HY = torch.zeros(V, C + 1, dtype=torch.float64, device=device)  # row v: Σ of [h, 1] over rows with target v
+    bs = cfg.batch_windows
+    for i in range(0, stream.shape[0], bs):
+        h = model.ln_f(stream[i:i + bs].to(device)).reshape(-1, C).double()
+        h = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype, device=device)], 1)
+        G += h.T @ h
+        HY.index_add_(0, Y[i:i + bs].reshape(-1).to(device), h)
+    n = float(G[-1, -1])
+    counts = HY[:, -1]  # (V,) how often each token is the target
+    model.log_unigram.copy_(torch.log(((counts + 1.0) / (n + V)).to(model.log_unigram.dtype)))
+    mean = G[-1, :C] / n
+    if cfg.head == "lda":
+        coef, intercept, method = _lda_head(G, HY, n, cfg)
+    else:
+        # least squares onto the one-hot target; the intercept column is unpenalized (= centring H and Y)
+        Gc = G[:C, :C] - n * torch.outer(mean, mean)
+        y_mean = counts / n
+        Cc = HY[:, :C].T - n * torch.outer(mean, y_mean)  # (C, V)
+        Gc.diagonal().add_(cfg.head_lam * float(torch.diagonal(Gc).mean()))
+        coef, method = spd_solve(Gc, Cc, max_condition=cfg.max_condition)
+        intercept = y_mean - mean @ coef
+    model.lm_head.weight.copy_(coef.T.to(model.lm_head.weight.dtype))
+    model.lm_head.bias.copy_(intercept.to(model.lm_head.bias.dtype))
+    return _calibrate(model, valid_ids, cfg) | {"kind": cfg.head, "lam_relative": cfg.head_lam, "method": method}
+
+
+def _lda_head(G: torch.Tensor, HY: torch.Tensor, n: float, cfg: PILFitConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Gaussian class-conditional head (linear discriminant analysis) from the same statistics.
+
+    With class means μ_v (shrunk towards the global mean by ``lda_shrink`` pseudo-counts) and the pooled
+    within-class covariance Σ, Bayes' rule gives a softmax of linear logits,
+    ``log p(v | h) = h·Σ⁻¹μ_v − ½ μ_vᵀΣ⁻¹μ_v + log π_v + const``: a calibrated probabilistic read-out in closed form.
+    """
+    C = G.shape[0] - 1
+    counts, sums = HY[:, -1], HY[:, :C]
+    mean = G[-1, :C] / n
+    k = cfg.lda_shrink
+    mu = (sums + k * mean[None, :]) / (counts[:, None] + k)  # (V, C)
+    seen = counts > 0
+    scatter = G[:C, :C] - (sums[seen] / counts[seen, None]).T @ sums[seen]  # within-class scatter
+    Sigma = scatter / n
+    Sigma.diagonal().add_(cfg.head_lam * float(torch.diagonal(Sigma).mean()))
+    A, method = spd_solve(Sigma, mu.T.contiguous(), max_condition=cfg.max_condition)  # (C, V)
+    prior = torch.log((counts + 1.0) / (n + counts.numel()))
+    intercept = -0.5 * (mu * A.T).sum(1) + prior
+    return A, intercept, method
+
+
+def _calibrate(model: PILLM, valid_ids: np.ndarray, cfg: PILFitConfig) -> dict[str, Any]:
+    """Pick the head's softmax temperature, or the mixture weight α, by held-out perplexity (a grid, no gradient)."""
+    from ._metrics import evaluate
+
+    results: dict[str, float] = {}
+    grids = [("softmax", "temperature", cfg.temperature_grid, model.temperature)]
+    if cfg.head == "ridge":
+        grids.append(("mixture", "alpha", cfg.alpha_grid, model.mix_alpha))
+    for kind, name, grid, buf in grids:
+        model.head = kind
+        for v in grid:
+            buf.fill_(v)
+            results[f"{kind} {name}={v:g}"] = evaluate(model, valid_ids).perplexity
+    best = min(results, key=results.get)
+    kind, value = best.split(" ")[0], float(best.split("=")[1])
+    model.head = kind
+    (model.mix_alpha if kind == "mixture" else model.temperature).fill_(value)
+    return {"choice": best, "held_out_perplexity": results[best], "grid": results}
