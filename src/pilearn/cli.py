@@ -29,14 +29,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="override fields of the suite's config, e.g. --set draws=4 width=2048 (values are Python "
                         "literals; a bare word is a string)")
     a = sub.add_parser("ablate", help="run the ablation studies of a suite")
-    a.add_argument("suite", choices=("flow", "diffusion"))
+    a.add_argument("suite", choices=("flow", "diffusion", "lm"))
     a.add_argument("--study", nargs="+", default=["all"], help="flow: width fusion lambda time buckets conditioning "
-                   "layers steps; diffusion: sharing draws features bipil lambda target schedule steps; or all (default)")
+                   "layers steps; diffusion: sharing draws features bipil lambda target schedule steps; lm: bipil lambda "
+                   "expansion design; or all (default)")
     a.add_argument("--scale", choices=("smoke", "small", "full"), default="small")
     a.add_argument("--out", type=Path, default=None, help="output folder (default runs/ablate-<suite>-<time>/)")
     a.add_argument("--device", default="cpu")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--dataset", default=None, help="override the data set (mnist, fashion-mnist, digits)")
+    e = sub.add_parser("eval", help="evaluate a saved model on a task")
+    e.add_argument("task", choices=("lambada",))
+    e.add_argument("--model", type=Path, required=True, help="a PIL-LM file written by bench lm or save_lm")
+    e.add_argument("--data", type=Path, required=True, help="LAMBADA jsonl file (one {\"text\": ...} per line)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples")
+    e.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     r = sub.add_parser("report", help="rebuild results.md and the plots of a results folder from its results.json")
     r.add_argument("folder", type=Path)
     return p
@@ -53,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "pilearn " + " ".join(shlex.quote(a) for a in argv)
     if args.command == "ablate":
         return _ablate(args, command)
+    if args.command == "eval":
+        return _eval(args, command)
     if args.device.startswith("cuda"):
         import torch
 
@@ -101,6 +110,8 @@ def _settings(items: Sequence[str]) -> dict:
 def _ablate(args: argparse.Namespace, command: str) -> int:
     if args.suite == "flow":
         from .experiments.flow import STUDIES, make_ablation_config, run_ablate_flow as run_ablation
+    elif args.suite == "lm":
+        from .experiments.lm import STUDIES, make_ablation_config, run_ablate_lm as run_ablation
     else:
         from .experiments.diffusion import STUDIES, make_ablation_config, run_ablate_diffusion as run_ablation
 
@@ -114,6 +125,26 @@ def _ablate(args: argparse.Namespace, command: str) -> int:
         print(f"pilearn ablate: {err}", file=sys.stderr)
         return 2
     run_ablation(cfg, command=command)
+    return 0
+
+
+def _eval(args: argparse.Namespace, command: str) -> int:
+    import json
+
+    from .data import DatasetNotFoundError
+    from .experiments.lm import eval_lambada
+
+    try:
+        res = eval_lambada(args.model, args.data, limit=args.limit)
+    except (ValueError, FileNotFoundError, DatasetNotFoundError) as err:
+        print(f"pilearn eval lambada: {err}", file=sys.stderr)
+        return 2
+    res["command"] = command
+    text = json.dumps(res, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
     return 0
 
 
