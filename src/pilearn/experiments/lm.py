@@ -108,8 +108,9 @@ def _on(cfg: LMBenchConfig, group: str) -> bool:
 def model_config(cfg: LMBenchConfig, vocab_size: int, **kw: Any) -> LMConfig:
     sizes = {k: v for k, v in (("n_layer", cfg.n_layer), ("n_embd", cfg.n_embd), ("n_head", cfg.n_head))
              if v is not None}
-    return LMConfig.from_name(cfg.model, vocab_size=vocab_size, block_size=cfg.block_size,
-                              expansion=cfg.expansion, fusion=cfg.fusion, seed=cfg.seed, **{**sizes, **kw})
+    base = dict(vocab_size=vocab_size, block_size=cfg.block_size, expansion=cfg.expansion, fusion=cfg.fusion,
+                seed=cfg.seed)
+    return LMConfig.from_name(cfg.model, **{**base, **sizes, **kw})
 
 
 def load_corpus(cfg: LMBenchConfig):
