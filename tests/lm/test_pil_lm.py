@@ -254,3 +254,47 @@ def test_attention_phase_keeps_the_ffns_frozen(fitted):
     for p, q in zip([p for b in m.h for p in b.mlp.parameters()], ffn_before):
         assert torch.equal(p, q)
     assert not torch.equal(m.h[0].attn.c_attn.weight, attn_before)
+
+
+def test_token_log_probs_match_evaluate(fitted):
+    from pilearn.lm import token_log_probs
+
+    model, _, ids = fitted
+    lp, hit = token_log_probs(model, ids[5000:])
+    res = evaluate(model, ids[5000:])
+    assert lp.shape == (len(ids) - 5001,) and res.n_tokens == lp.numel()
+    assert math.exp(-float(lp.mean())) == pytest.approx(res.perplexity, rel=1e-12)
+    # the first window's targets are scored from the start of the stream, with its own context only
+    with torch.no_grad():
+        first = model(torch.from_numpy(ids[5000:5016])[None])[0]
+    torch.testing.assert_close(lp[:16], first.gather(-1, torch.from_numpy(ids[5001:5017])[:, None])[:, 0].double())
+
+
+def test_tied_model_save_load(tmp_path):
+    m = _model(ffn="mlp", tie_weights=True)
+    loaded, vocab = load_lm(save_lm(m, tmp_path / "t.safetensors"))
+    assert vocab is None and loaded.lm_head.weight is loaded.wte.weight
+    x = torch.arange(16)[None] % V
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), m(x), rtol=0, atol=0)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="head_lam must be"):
+        PILFitConfig(head_lam="gcv")
+    with pytest.raises(ValueError, match="head must be"):
+        PILFitConfig(head="LDA")
+    with pytest.raises(ValueError, match="epochs must be"):
+        TrainConfig(epochs="5")
+    with pytest.raises(ValueError, match="stride must be"):
+        sliding_windows(10, 4, 0)
+
+
+def test_training_restores_requires_grad(fitted):
+    import copy
+
+    model, _, ids = fitted
+    m = copy.deepcopy(model)
+    m.h[0].mlp.out.weight.requires_grad_(False)
+    train_adamw(m, ids[:3000], None, which="attention", config=TrainConfig(epochs=0.1, batch_size=4, warmup_steps=1))
+    assert not m.h[0].mlp.out.weight.requires_grad and m.h[0].attn.c_attn.weight.requires_grad

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["LMEval", "evaluate", "perplexity", "sliding_windows"]
+__all__ = ["LMEval", "evaluate", "perplexity", "sliding_windows", "token_log_probs"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ def sliding_windows(n: int, block_size: int, stride: int) -> list[tuple[int, int
     targets from absolute index ``first`` on, so every target after the first window sees at least
     ``T − stride`` tokens of context.
     """
+    for name, v, low in (("n", n, 2), ("block_size", block_size, 1), ("stride", stride, 1)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
     T = min(block_size, n - 1)
     out: list[tuple[int, int]] = []
     covered = 0  # targets 1 … covered are scored
@@ -52,17 +55,20 @@ def sliding_windows(n: int, block_size: int, stride: int) -> list[tuple[int, int
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: int | None = None,
-             batch_size: int = 64) -> LMEval:
-    """Perplexity and top-1 accuracy of ``model`` on the stream ``ids``, predicting every token but the first.
+def token_log_probs(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: int | None = None,
+                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-target log-probabilities (targets ``1 … n−1``, float64, on the CPU) and whether each was the argmax.
 
     ``model(idx)`` must return next-token log-probabilities ``(B, T, V)`` and have ``config.block_size``.
     Windows of ``block_size`` tokens slide by ``stride`` (default ``block_size // 2``); each target is scored
     once, in the first window where it has the most context the stride allows (see :func:`sliding_windows`).
     """
-    ids_t = torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids).long().reshape(-1)
+    ids_t = torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids).long().reshape(-1).cpu()
     if ids_t.numel() < 2:
         raise ValueError(f"ids must hold at least 2 tokens (one to condition on, one to predict), got {ids_t.numel()}")
+    V = model.config.vocab_size
+    if int(ids_t.min()) < 0 or int(ids_t.max()) >= V:
+        raise ValueError(f"ids holds token ids outside [0, {V}): min {int(ids_t.min())}, max {int(ids_t.max())}")
     T = model.config.block_size
     stride = max(1, T // 2) if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= T:
@@ -70,23 +76,35 @@ def evaluate(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    wins = sliding_windows(ids_t.numel(), T, stride)
-    Tw = min(T, ids_t.numel() - 1)
-    total_lp, correct, count = 0.0, 0, 0
-    for b in range(0, len(wins), batch_size):
-        chunk = wins[b:b + batch_size]
-        starts = torch.tensor([s for s, _ in chunk])
-        offs = starts[:, None] + torch.arange(Tw)[None, :]
-        x, y = ids_t[offs].to(device), ids_t[offs + 1].to(device)
-        logp = model(x)  # (B, T, V)
-        tgt_lp = logp.gather(-1, y[..., None])[..., 0]
-        hit = logp.argmax(-1) == y
-        # target absolute index of position p in window s is s + p + 1; keep those ≥ first
-        keep = (offs + 1) >= torch.tensor([f for _, f in chunk])[:, None]
-        keep = keep.to(device)
-        total_lp += float(tgt_lp[keep].double().sum())
-        correct += int(hit[keep].sum())
-        count += int(keep.sum())
-    model.train(was_training)
-    nll = -total_lp / count
-    return LMEval(math.exp(nll), nll, correct / count, count)
+    n = ids_t.numel()
+    wins = sliding_windows(n, T, stride)
+    Tw = min(T, n - 1)
+    out_lp = torch.empty(n - 1, dtype=torch.float64)
+    out_hit = torch.empty(n - 1, dtype=torch.bool)
+    try:
+        for b in range(0, len(wins), batch_size):
+            chunk = wins[b:b + batch_size]
+            starts = torch.tensor([st for st, _ in chunk])
+            offs = starts[:, None] + torch.arange(Tw)[None, :]
+            y = ids_t[offs + 1]
+            logp = model(ids_t[offs].to(device)).cpu()  # (B, T, V)
+            lp = logp.gather(-1, y[..., None])[..., 0].double()
+            hit = logp.argmax(-1) == y
+            for row, (st, first) in enumerate(chunk):
+                keep = slice(first - st - 1, Tw)  # window position p predicts target st + p + 1
+                out_lp[first - 1: st + Tw] = lp[row, keep]
+                out_hit[first - 1: st + Tw] = hit[row, keep]
+    finally:
+        model.train(was_training)
+    return out_lp, out_hit
+
+
+def evaluate(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: int | None = None,
+             batch_size: int = 64) -> LMEval:
+    """Perplexity and top-1 accuracy of ``model`` on the stream ``ids``, predicting every token but the first.
+
+    The targets and windows are those of :func:`token_log_probs`.
+    """
+    lp, hit = token_log_probs(model, ids, stride=stride, batch_size=batch_size)
+    nll = -float(lp.mean())
+    return LMEval(math.exp(nll), nll, float(hit.double().mean()), int(lp.numel()))

@@ -22,7 +22,9 @@ head*: its query is the position code rotated by ``−ω_f o``, its key the posi
 ``β Σ_f cos ω_f (i − o − j)`` peaks at ``j = i − o`` and, with ``β`` set from the score gap, the softmax puts
 ≥ 99 % of its weight there; its value is the ``tok`` block, written by ``c_proj`` into slot ``o``. The last head
 has zero query and key, so it averages the ``tok`` blocks of all earlier positions (a bag of words of the whole
-context) into ``bow``. After layer 1 the stream holds ``[e(w_t), e(w_{t−1}), …, e(w_{t−S}), mean_{j≤t} e(w_j)]``:
+context) into ``bow``. (At positions ``i < o`` there is no token ``o`` places back; the softmax then falls on the
+nearest positions and slot ``o`` holds a copy of an early token: a window's first ``o`` positions see a shorter
+n-gram.) After layer 1 the stream holds ``[e(w_t), e(w_{t−1}), …, e(w_{t−S}), mean_{j≤t} e(w_j)]``:
 an n-gram window plus a long-range summary, built by ordinary softmax attention with fixed weights.
 
 **FFNs** (the seed's Bi-PIL block, layer by layer, earlier layers fixed). Layer ``ℓ`` sees ``H_ℓ = φ(LN(x_ℓ))``
@@ -71,8 +73,8 @@ class PILFitConfig:
     """How :func:`fit_pil` sets a :class:`PILLM` in closed form; see the module docstring for the math.
 
     ``lam`` and ``head_lam`` are *relative*: the ridge penalty is ``lam · tr(G̃)/d``, so one value means the same
-    across widths and data sizes; ``"gcv"`` picks it per solve by generalized cross-validation from the
-    statistics alone.
+    across widths and data sizes; ``lam="gcv"`` picks each FFN's by generalized cross-validation from the
+    statistics alone. ``d_pred`` is a minimum: the width left over by the layout also goes to the prediction block.
     """
 
     lam: float | Literal["gcv"] = 1e-4
@@ -82,7 +84,7 @@ class PILFitConfig:
     bow_fraction: float = 0.5  # d_bow = bow_fraction · d_tok
     attention: Literal["shift", "random"] = "shift"
     head: Literal["ridge", "lda"] = "ridge"  # least squares, or Gaussian discriminant (softmax of linear logits)
-    lda_shrink: float = 1.0  # pseudo-counts pulling rare tokens' class means towards the global mean  # "random": seeded random q, k, v (the naive alternative)
+    lda_shrink: float = 1.0  # pseudo-counts pulling rare tokens' class means towards the global mean (LDA head)  # "random": seeded random q, k, v (the naive alternative)
     batch_windows: int = 256
     max_condition: float = 1e10
     alpha_grid: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -91,11 +93,20 @@ class PILFitConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("lam", "head_lam"):
-            v = getattr(self, name)
-            if v != "gcv" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0
-                               or not math.isfinite(v)):
-                raise ValueError(f"{name} must be a finite float >= 0 or 'gcv', got {v!r}")
+        v = self.lam
+        if v != "gcv" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v)):
+            raise ValueError(f"lam must be a finite float >= 0 or 'gcv', got {v!r}")
+        v = self.head_lam
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v):
+            raise ValueError(f"head_lam must be a finite float >= 0 (the head has no GCV path), got {v!r}")
+        if self.head not in ("ridge", "lda"):
+            raise ValueError(f"head must be 'ridge' or 'lda', got {self.head!r}")
+        if not all(0.0 < a <= 1.0 for a in self.alpha_grid) or not self.alpha_grid:
+            raise ValueError(f"alpha_grid must hold values in (0, 1], got {self.alpha_grid!r}")
+        if not all(t > 0 for t in self.temperature_grid) or not self.temperature_grid:
+            raise ValueError(f"temperature_grid must hold values > 0, got {self.temperature_grid!r}")
+        if not self.max_condition > 1:
+            raise ValueError(f"max_condition must be > 1, got {self.max_condition!r}")
         if self.attention not in ("shift", "random"):
             raise ValueError(f"attention must be 'shift' or 'random', got {self.attention!r}")
         for name in ("pos_freqs", "batch_windows"):
@@ -283,9 +294,9 @@ def fit_pil(model: PILLM, train_ids: np.ndarray, *, valid_ids: np.ndarray | None
     Q = _basis(mc.n_embd, cfg.seed)
 
     t = time.perf_counter()
-    _set_embeddings(model, ids, blocks, Q, cfg)
+    u, norms = _set_embeddings(model, ids, blocks, Q, cfg)
     report.timings["embeddings"] = time.perf_counter() - t
-    _set_attention(model, blocks, Q, cfg)
+    _set_attention(model, blocks, Q, cfg, norms)
 
     X, Y = _windows(ids, T)
     # the stream of every training window, kept in memory and advanced one layer at a time
@@ -295,7 +306,6 @@ def fit_pil(model: PILLM, train_ids: np.ndarray, *, valid_ids: np.ndarray | None
     for i in range(0, X.shape[0], bs):
         xb = X[i:i + bs].to(device)
         stream[i:i + bs] = (model.wte(xb) + model.wpe(pos)).cpu()
-    u = model._pil_u  # (V, d_pred) output embedding, set by _set_embeddings
     Qp = Q[:, blocks["pred"]].to(torch.float32).to(device)  # (C, d_pred)
     for layer, block in enumerate(model.h):
         t = time.perf_counter()
@@ -326,12 +336,12 @@ def fit_pil(model: PILLM, train_ids: np.ndarray, *, valid_ids: np.ndarray | None
     report.head = _fit_head(model, stream, Y, valid_ids, cfg)
     report.timings["head"] = time.perf_counter() - t
     report.seconds = time.perf_counter() - t_start
-    del model._pil_u
     return report
 
 
 def _set_embeddings(model: PILLM, ids: np.ndarray, blocks: dict[str, slice], Q: torch.Tensor,
-                    cfg: PILFitConfig) -> None:
+                    cfg: PILFitConfig) -> tuple[torch.Tensor, tuple[float, float, torch.Tensor]]:
+    """Set ``wte`` and ``wpe``; return the output embedding ``u`` (V × d_pred) and the norms the attention needs."""
     mc = model.config
     d_tok = blocks["tok"].stop - blocks["tok"].start
     d_pred = blocks["pred"].stop - blocks["pred"].start
@@ -340,21 +350,21 @@ def _set_embeddings(model: PILLM, ids: np.ndarray, blocks: dict[str, slice], Q: 
     r_tok = math.sqrt(d_tok)
     E = _unit_rows(E_in, r_tok, cfg.seed)
     model.wte.weight.copy_((E @ Q[:, blocks["tok"]].T).to(model.wte.weight.dtype))
-    model._pil_u = _unit_rows(E_out, math.sqrt(d_pred), cfg.seed + 1).to(torch.float32).to(model.wte.weight.device)
+    u = _unit_rows(E_out, math.sqrt(d_pred), cfg.seed + 1).to(torch.float32).to(model.wte.weight.device)
     omega, _ = _frequencies(cfg.pos_freqs, mc.block_size)
     i = torch.arange(mc.block_size, dtype=torch.float64)[:, None]
     P = torch.cat([torch.cos(omega * i), torch.sin(omega * i)], 1) / math.sqrt(cfg.pos_freqs)  # (T, 2F), norm 1
     r_pos = math.sqrt(2 * cfg.pos_freqs)
     model.wpe.weight.copy_((r_pos * P @ Q[:, blocks["pos"]].T).to(model.wpe.weight.dtype))
-    model._pil_norms = (r_tok, r_pos, omega)
+    return u, (r_tok, r_pos, omega)
 
 
-def _set_attention(model: PILLM, blocks: dict[str, slice], Q: torch.Tensor, cfg: PILFitConfig) -> None:
+def _set_attention(model: PILLM, blocks: dict[str, slice], Q: torch.Tensor, cfg: PILFitConfig,
+                   norms: tuple[float, float, torch.Tensor]) -> None:
     mc = model.config
     C, nh = mc.n_embd, mc.n_head
     hs = C // nh
-    r_tok, r_pos, omega = model._pil_norms
-    del model._pil_norms
+    r_tok, r_pos, omega = norms
     s = math.sqrt(C) / math.sqrt(r_tok ** 2 + r_pos ** 2)  # LayerNorm's scale on the layer-1 input
     F_ = cfg.pos_freqs
     _, gap = _frequencies(F_, mc.block_size)

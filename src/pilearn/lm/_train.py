@@ -40,14 +40,20 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.epochs > 0:
-            raise ValueError(f"epochs must be > 0, got {self.epochs!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or not self.epochs > 0:
+            raise ValueError(f"epochs must be a number > 0, got {self.epochs!r}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be > 0 or None, got {self.max_seconds!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        for name in ("epochs", "lr", "weight_decay", "min_lr_ratio", "grad_clip"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
 
 
 @dataclass
@@ -85,8 +91,21 @@ def trainable_parameters(model: PILLM, which: Literal["all", "attention"]) -> li
 def train_adamw(model: PILLM, train_ids: np.ndarray, valid_ids: np.ndarray | None = None, *,
                 config: TrainConfig | None = None, which: Literal["all", "attention"] = "all",
                 progress: Callable[[int, int, float], None] | None = None) -> TrainReport:
-    """Train ``model`` in place with AdamW on next-token cross-entropy; returns the learning curve."""
-    cfg = config or TrainConfig()
+    """Train ``model`` in place with AdamW on next-token cross-entropy; returns the learning curve.
+
+    ``which="attention"`` trains all but the FFNs (PIL-LM +Attn). Every parameter's ``requires_grad`` is
+    restored afterwards, also when training fails.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        return _train(model, train_ids, valid_ids, config or TrainConfig(), which, progress)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _train(model: PILLM, train_ids: np.ndarray, valid_ids: np.ndarray | None, cfg: TrainConfig,
+           which: Literal["all", "attention"], progress: Callable[[int, int, float], None] | None) -> TrainReport:
     T = model.config.block_size
     train = torch.as_tensor(np.asarray(train_ids)).long()
     if train.numel() < T + 2:
@@ -120,7 +139,7 @@ def train_adamw(model: PILLM, train_ids: np.ndarray, valid_ids: np.ndarray | Non
     step, running = 0, 0.0
     while step < total_steps:
         t_step = time.perf_counter()
-        starts = torch.randint(0, train.numel() - T - 1, (cfg.batch_size,), generator=g)
+        starts = torch.randint(0, train.numel() - T, (cfg.batch_size,), generator=g)  # last start: N − T − 1
         offs = starts[:, None] + torch.arange(T)[None, :]
         x, y = train[offs].to(device), train[offs + 1].to(device)
         for group in opt.param_groups:
@@ -150,8 +169,6 @@ def train_adamw(model: PILLM, train_ids: np.ndarray, valid_ids: np.ndarray | Non
         if out_of_time:
             break
     model.eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
     report.seconds = train_time
     report.steps = step
     report.epochs = step / steps_per_epoch
