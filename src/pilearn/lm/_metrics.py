@@ -29,7 +29,8 @@ def perplexity(log_probs: torch.Tensor | np.ndarray) -> float:
     lp = torch.as_tensor(np.asarray(log_probs) if not isinstance(log_probs, torch.Tensor) else log_probs)
     if lp.numel() == 0:
         raise ValueError("log_probs is empty: perplexity needs at least one scored token")
-    return math.exp(-float(lp.double().mean()))
+    nll = -float(lp.double().mean())
+    return math.exp(nll) if nll < 709.0 else math.inf
 
 
 def sliding_windows(n: int, block_size: int, stride: int) -> list[tuple[int, int]]:
@@ -107,4 +108,5 @@ def evaluate(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: 
     """
     lp, hit = token_log_probs(model, ids, stride=stride, batch_size=batch_size)
     nll = -float(lp.mean())
-    return LMEval(math.exp(nll), nll, float(hit.double().mean()), int(lp.numel()))
+    ppl = math.exp(nll) if nll < 709.0 else math.inf  # a hopeless model's perplexity overflows a float
+    return LMEval(ppl, nll, float(hit.double().mean()), int(lp.numel()))
