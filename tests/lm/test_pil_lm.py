@@ -298,3 +298,22 @@ def test_training_restores_requires_grad(fitted):
     m.h[0].mlp.out.weight.requires_grad_(False)
     train_adamw(m, ids[:3000], None, which="attention", config=TrainConfig(epochs=0.1, batch_size=4, warmup_steps=1))
     assert not m.h[0].mlp.out.weight.requires_grad and m.h[0].attn.c_attn.weight.requires_grad
+
+
+def test_head_calibration_scores_what_evaluate_scores(fitted):
+    # the grid reuses one pass of hidden states; its chosen value must score exactly what evaluate() scores
+    model, report, ids = fitted
+    assert report.head["held_out_perplexity"] == pytest.approx(evaluate(model, ids[5000:]).perplexity, rel=1e-5)
+    assert report.head["choice"] == min(report.head["grid"], key=report.head["grid"].get)
+
+
+def test_scored_hidden_matches_token_log_probs(fitted):
+    from pilearn.lm import scored_hidden, token_log_probs
+
+    model, _, ids = fitted
+    H, y = scored_hidden(model, ids[5000:])
+    lp, _ = token_log_probs(model, ids[5000:])
+    with torch.no_grad():
+        lp2 = model.log_probs_from_hidden(H).gather(-1, y[:, None])[:, 0].double()
+    torch.testing.assert_close(lp2, lp, rtol=1e-5, atol=1e-5)
+    assert torch.equal(y, torch.from_numpy(ids[5001:]).long())

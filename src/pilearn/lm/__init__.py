@@ -8,7 +8,7 @@
 """
 
 from ._io import load_lm, save_lm
-from ._metrics import LMEval, evaluate, perplexity, sliding_windows, token_log_probs
+from ._metrics import LMEval, evaluate, perplexity, scored_hidden, sliding_windows, token_log_probs
 from ._ngram import DiscountFallbackWarning, KneserNeyLM
 from ._pil import PILFitConfig, PILFitReport, fit_pil, spectral_embeddings, stream_layout
 from ._train import TrainConfig, TrainReport, train_adamw, trainable_parameters
@@ -16,4 +16,4 @@ from .model import CONFIGS, LMConfig, PILLM
 
 __all__ = ["CONFIGS", "LMConfig", "PILLM", "PILFitConfig", "PILFitReport", "fit_pil", "spectral_embeddings",
            "stream_layout", "TrainConfig", "TrainReport", "train_adamw", "trainable_parameters", "KneserNeyLM",
-           "DiscountFallbackWarning", "LMEval", "evaluate", "perplexity", "sliding_windows", "token_log_probs", "save_lm", "load_lm"]
+           "DiscountFallbackWarning", "LMEval", "evaluate", "perplexity", "scored_hidden", "sliding_windows", "token_log_probs", "save_lm", "load_lm"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["LMEval", "evaluate", "perplexity", "sliding_windows", "token_log_probs"]
+__all__ = ["LMEval", "evaluate", "perplexity", "scored_hidden", "sliding_windows", "token_log_probs"]
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,21 @@ def sliding_windows(n: int, block_size: int, stride: int) -> list[tuple[int, int
     return out
 
 
-@torch.no_grad()
-def token_log_probs(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: int | None = None,
-                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-target log-probabilities (targets ``1 … n−1``, float64, on the CPU) and whether each was the argmax.
+def _scored_windows(n: int, T: int, stride: int, batch_size: int):
+    """Batches of windows over a stream of ``n`` tokens: ``(offs (B, Tw), places)``, where ``offs`` are the input
+    positions and each ``(row, dst, src)`` of ``places`` scores window ``row``'s positions ``src`` as targets ``dst``
+    (target ``t`` is token ``t + 1``): every target once, as :func:`sliding_windows` assigns it."""
+    wins = sliding_windows(n, T, stride)
+    Tw = min(T, n - 1)
+    for b in range(0, len(wins), batch_size):
+        chunk = wins[b:b + batch_size]
+        starts = torch.tensor([st for st, _ in chunk])
+        offs = starts[:, None] + torch.arange(Tw)[None, :]
+        # window position p predicts target st + p + 1
+        yield offs, [(row, slice(first - 1, st + Tw), slice(first - st - 1, Tw)) for row, (st, first) in enumerate(chunk)]
 
-    ``model(idx)`` must return next-token log-probabilities ``(B, T, V)`` and have ``config.block_size``.
-    Windows of ``block_size`` tokens slide by ``stride`` (default ``block_size // 2``); each target is scored
-    once, in the first window where it has the most context the stride allows (see :func:`sliding_windows`).
-    """
+
+def _check_stream(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, stride: int | None) -> tuple[torch.Tensor, int, int]:
     ids_t = torch.as_tensor(np.asarray(ids) if not isinstance(ids, torch.Tensor) else ids).long().reshape(-1).cpu()
     if ids_t.numel() < 2:
         raise ValueError(f"ids must hold at least 2 tokens (one to condition on, one to predict), got {ids_t.numel()}")
@@ -74,30 +80,62 @@ def token_log_probs(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, s
     stride = max(1, T // 2) if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= T:
         raise ValueError(f"stride must be an int in [1, block_size={T}], got {stride!r}")
+    return ids_t, T, stride
+
+
+@torch.no_grad()
+def token_log_probs(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: int | None = None,
+                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-target log-probabilities (targets ``1 … n−1``, float64, on the CPU) and whether each was the argmax.
+
+    ``model(idx)`` must return next-token log-probabilities ``(B, T, V)`` and have ``config.block_size``.
+    Windows of ``block_size`` tokens slide by ``stride`` (default ``block_size // 2``); each target is scored
+    once, in the first window where it has the most context the stride allows (see :func:`sliding_windows`).
+    """
+    ids_t, T, stride = _check_stream(model, ids, stride)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     n = ids_t.numel()
-    wins = sliding_windows(n, T, stride)
-    Tw = min(T, n - 1)
     out_lp = torch.empty(n - 1, dtype=torch.float64)
     out_hit = torch.empty(n - 1, dtype=torch.bool)
     try:
-        for b in range(0, len(wins), batch_size):
-            chunk = wins[b:b + batch_size]
-            starts = torch.tensor([st for st, _ in chunk])
-            offs = starts[:, None] + torch.arange(Tw)[None, :]
+        for offs, places in _scored_windows(n, T, stride, batch_size):
             y = ids_t[offs + 1]
             logp = model(ids_t[offs].to(device)).cpu()  # (B, T, V)
             lp = logp.gather(-1, y[..., None])[..., 0].double()
             hit = logp.argmax(-1) == y
-            for row, (st, first) in enumerate(chunk):
-                keep = slice(first - st - 1, Tw)  # window position p predicts target st + p + 1
-                out_lp[first - 1: st + Tw] = lp[row, keep]
-                out_hit[first - 1: st + Tw] = hit[row, keep]
+            for row, dst, src in places:
+                out_lp[dst] = lp[row, src]
+                out_hit[dst] = hit[row, src]
     finally:
         model.train(was_training)
     return out_lp, out_hit
+
+
+@torch.no_grad()
+def scored_hidden(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: int | None = None,
+                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final residual stream ``model.hidden(idx)`` at every target position of :func:`token_log_probs`, and
+    the targets: ``(n − 1, C)`` float32 and ``(n − 1,)`` int64, on the CPU.
+
+    ``model.log_probs_from_hidden(h)`` then gives exactly the log-probabilities ``token_log_probs`` scores, so a
+    grid over the head (a temperature, a mixture weight) costs one pass through the blocks, not one per value.
+    """
+    ids_t, T, stride = _check_stream(model, ids, stride)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n = ids_t.numel()
+    out = torch.empty(n - 1, model.config.n_embd, dtype=torch.float32)
+    try:
+        for offs, places in _scored_windows(n, T, stride, batch_size):
+            h = model.hidden(ids_t[offs].to(device)).float().cpu()  # (B, Tw, C)
+            for row, dst, src in places:
+                out[dst] = h[row, src]
+    finally:
+        model.train(was_training)
+    return out, ids_t[1:].clone()
 
 
 def evaluate(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: int | None = None,

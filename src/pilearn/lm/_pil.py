@@ -87,8 +87,8 @@ class PILFitConfig:
     lda_shrink: float = 1.0  # pseudo-counts pulling rare tokens' class means towards the global mean (LDA head)  # "random": seeded random q, k, v (the naive alternative)
     batch_windows: int = 256
     max_condition: float = 1e10
-    alpha_grid: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
-    temperature_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 20.0, 40.0)
+    alpha_grid: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    temperature_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
     gcv_grid: tuple[float, ...] = tuple(float(v) for v in np.logspace(-8, 0, 9))
     seed: int = 0
 
@@ -481,8 +481,23 @@ def _lda_head(G: torch.Tensor, HY: torch.Tensor, n: float, cfg: PILFitConfig) ->
 
 
 def _calibrate(model: PILLM, valid_ids: np.ndarray, cfg: PILFitConfig) -> dict[str, Any]:
-    """Pick the head's softmax temperature, or the mixture weight α, by held-out perplexity (a grid, no gradient)."""
-    from ._metrics import evaluate
+    """Pick the head's softmax temperature, or the mixture weight α, by held-out perplexity (a grid, no gradient).
+
+    The blocks run once over the held-out stream (:func:`~pilearn.lm.scored_hidden`); each grid value then costs
+    only the head, and scores exactly what :func:`~pilearn.lm.evaluate` would.
+    """
+    from ._metrics import scored_hidden
+
+    H, y = scored_hidden(model, valid_ids)
+    device = model.lm_head.weight.device
+
+    def held_out_perplexity() -> float:
+        nll = 0.0
+        for i in range(0, H.shape[0], 4096):
+            lp = model.log_probs_from_hidden(H[i:i + 4096].to(device)).cpu()
+            nll -= float(lp.gather(-1, y[i:i + 4096, None]).double().sum())
+        nll /= H.shape[0]
+        return math.exp(nll) if nll < 709.0 else math.inf
 
     results: dict[str, float] = {}
     grids = [("softmax", "temperature", cfg.temperature_grid, model.temperature)]
@@ -492,7 +507,7 @@ def _calibrate(model: PILLM, valid_ids: np.ndarray, cfg: PILFitConfig) -> dict[s
         model.head = kind
         for v in grid:
             buf.fill_(v)
-            results[f"{kind} {name}={v:g}"] = evaluate(model, valid_ids).perplexity
+            results[f"{kind} {name}={v:g}"] = held_out_perplexity()
     best = min(results, key=results.get)
     kind, value = best.split(" ")[0], float(best.split("=")[1])
     model.head = kind
