@@ -58,9 +58,8 @@ def test_fit_runs_without_autograd(monkeypatch):
     assert seen and all(s == (False, False, False) for s in seen)
 
 
-def test_ffn_solve_on_known_targets(fitted):
-    """Refit layer 1 by hand: the library's coef equals (H̃ᵀH̃ + λI)⁻¹H̃ᵀỸ for the documented Y."""
-    model, report, ids = fitted
+def _layer_system(model, ids, layer, n_tokens):
+    """The documented regression of FFN ``layer``, written out: features H, targets Y, and Qp (the pred block)."""
     from pilearn.lm._pil import _unit_rows, spectral_embeddings
 
     T, C = model.config.block_size, model.config.n_embd
@@ -68,21 +67,30 @@ def test_ffn_solve_on_known_targets(fitted):
     Qp = _basis(C, 0)[:, blocks["pred"]]
     d_tok = blocks["tok"].stop - blocks["tok"].start
     d_pred = blocks["pred"].stop - blocks["pred"].start
-    _, E_out = spectral_embeddings(ids[:5000], V, d_tok, offsets=model.config.n_head, out_dim=d_pred)
+    _, E_out = spectral_embeddings(ids[:n_tokens], V, d_tok, offsets=model.config.n_head, out_dim=d_pred)
     u = _unit_rows(E_out, math.sqrt(d_pred), 1)
-    n = (5000 - 1) // T
+    n = (n_tokens - 1) // T
     x_ids = torch.from_numpy(ids[: n * T]).view(n, T)
     y_ids = torch.from_numpy(ids[1: n * T + 1]).view(n, T)
-    block = model.h[0]
+    block = model.h[layer]
     with torch.no_grad():
-        x = model.wte(x_ids) + model.wpe(torch.arange(T))
+        x = model.hidden(x_ids, upto=layer)  # the stream the earlier (already solved) layers wrote
         x = x + block.attn(block.ln_1(x))
         H = block.mlp.features(block.ln_2(x)).reshape(-1, block.mlp.width).double()
         Y = u[y_ids].reshape(-1, d_pred) - x.reshape(-1, C).double() @ Qp
+    return H, Y, Qp
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_ffn_solve_on_known_targets(fitted, layer):
+    """Refit each layer by hand: the library's coef equals (H̃ᵀH̃ + λI)⁻¹H̃ᵀỸ for the documented Y."""
+    model, report, ids = fitted
+    H, Y, Qp = _layer_system(model, ids, layer, 5000)
     Hc, Yc = H - H.mean(0), Y - Y.mean(0)
-    lam = report.layers[0]["lam"]
+    lam = report.layers[layer]["lam"]
     W = torch.linalg.solve(Hc.T @ Hc + lam * torch.eye(H.shape[1], dtype=torch.float64), Hc.T @ Yc)
     b = Y.mean(0) - H.mean(0) @ W
+    block = model.h[layer]
     W_lib = (Qp.T @ block.mlp.out.weight.double()).T
     b_lib = Qp.T @ block.mlp.out.bias.double()
     torch.testing.assert_close(W_lib, W, rtol=1e-3, atol=1e-4)
@@ -131,11 +139,25 @@ def test_mixture_head_is_a_distribution(fitted):
         model.head = old
 
 
-def test_gcv_lambda_is_recorded():
+def test_gcv_lambda_is_the_argmin_of_the_gcv_written_out():
     ids = _stream(3000)
     model = _model(n_layer=1)
     rep = fit_pil(model, ids[:2500], valid_ids=ids[2500:], config=PILFitConfig(lam="gcv"))
-    assert rep.layers[0]["lam_relative"] in PILFitConfig().gcv_grid
+    info = rep.layers[0]
+    assert info["lam_relative"] in PILFitConfig().gcv_grid
+    H, Y, _ = _layer_system(model, ids, 0, 2500)
+    Hc, Yc = H - H.mean(0), Y - Y.mean(0)
+    n, k = H.shape[0], Y.shape[1]
+    scale = float(torch.diagonal(Hc.T @ Hc).mean())
+    ours = {}
+    for g in PILFitConfig().gcv_grid:  # GCV(λ) = (RSS/(n·k)) / (1 − df/n)², df = tr(S) + 1 (intercept)
+        S = Hc @ torch.linalg.solve(Hc.T @ Hc + g * scale * torch.eye(H.shape[1], dtype=torch.float64), Hc.T)
+        rss = float(((Yc - S @ Yc) ** 2).sum())
+        df = float(torch.trace(S)) + 1
+        ours[g] = (rss / (n * k)) / (1 - df / n) ** 2
+    assert info["lam_relative"] == min(ours, key=ours.get)
+    for g, v in ours.items():
+        assert info["gcv"][f"{g:g}"] == pytest.approx(v, rel=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------- metrics

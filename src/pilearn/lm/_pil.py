@@ -411,9 +411,11 @@ def _set_attention(model: PILLM, blocks: dict[str, slice], Q: torch.Tensor, cfg:
 def _solve(stats: RidgeStats, lam: float | str, cfg: PILFitConfig) -> dict[str, Any]:
     """Ridge solve with condition monitoring; ``lam`` relative to ``tr(G̃)/d`` or ``"gcv"``."""
     scale = lam_scale(stats)
+    gcv = None
     if lam == "gcv":
         path = stats.solve_path([g * scale for g in cfg.gcv_grid])
         rel = float(path.best_lam) / scale
+        gcv = {f"{g:g}": float(v) for g, v in zip(cfg.gcv_grid, path.gcv)}
     else:
         rel = float(lam)
     G, C, _ = stats.centered()
@@ -422,7 +424,7 @@ def _solve(stats: RidgeStats, lam: float | str, cfg: PILFitConfig) -> dict[str, 
     cond = float(evals[-1] / evals[0].clamp_min(torch.finfo(torch.float64).tiny))
     coef, method = spd_solve(G, C, max_condition=cfg.max_condition)
     return {"coef": coef, "intercept": stats._intercept(coef), "lam_relative": rel, "lam": rel * scale,
-            "condition": cond, "method": method, "rows": int(stats.n)}
+            "condition": cond, "method": method, "rows": int(stats.n)} | ({"gcv": gcv} if gcv else {})
 
 
 def _fit_head(model: PILLM, stream: torch.Tensor, Y: torch.Tensor, valid_ids: np.ndarray,
