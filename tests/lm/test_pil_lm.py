@@ -220,8 +220,10 @@ def test_fit_input_errors():
         fit_pil(_model(ffn="mlp"), _stream(2000))
     with pytest.raises(ValueError, match="train_ids must hold at least"):
         fit_pil(_model(), np.array([], dtype=np.int64))
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"train_ids must lie in \[0, vocab_size=40\)"):
         fit_pil(_model(), np.full(2000, V))
+    with pytest.raises(ValueError, match="train_ids must hold integer token ids"):
+        fit_pil(_model(), np.zeros(2000))
     with pytest.raises(ValueError, match="lam must be"):
         PILFitConfig(lam=-1.0)
     with pytest.raises(ValueError, match="n_embd must be divisible"):

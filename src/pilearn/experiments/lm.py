@@ -327,13 +327,18 @@ def _plot_curves(results: dict[str, Any], path: Path) -> None:
             offset = 0.0
             if label.startswith("PIL-LM (+Attn)"):
                 offset = next((r.get("pil_seconds") or 0.0 for r in results["rows"] if r["method"] == label), 0.0)
-            ax.plot([offset + s for s, _ in pts], [v for _, v in pts], marker="o", label=label)
+            line, = ax.plot([offset + s for s, _ in pts], [v for _, v in pts], marker="o", ms=3, label=label)
+            row = next((r for r in results["rows"] if r["method"] == label), None)
+            if row and row.get("valid_ppl"):  # the final model on the whole split, as in the table
+                ax.plot([row["fit_seconds"]], [row["valid_ppl"]], marker="*", ms=10, color=line.get_color())
     for r in results["rows"]:
         if r.get("gradient_free") and r.get("valid_ppl"):
             ax.axhline(r["valid_ppl"], ls="--", lw=1, color="gray")
             ax.text(0, r["valid_ppl"], r["method"], fontsize=7, va="bottom")
-    ax.set_xlabel("wall-clock seconds (training only)")
+    n_curve = results.get("config", {}).get("eval_tokens")
+    ax.set_xlabel("wall-clock seconds (fit or training)")
     ax.set_ylabel("validation perplexity")
+    ax.set_title(f"curves: first {n_curve} validation tokens; ★ and dashed lines: the whole split", fontsize=8)
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     fig.tight_layout()

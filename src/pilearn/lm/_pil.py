@@ -61,6 +61,7 @@ import torch.nn.functional as F
 
 from ..features import derive_seed, make_generator
 from ..solvers import RidgeStats, lam_scale, spd_solve
+from ._ngram import _check_ids as _check_token_ids
 from .model import PILLM, PILFeedForward
 
 __all__ = ["PILFitConfig", "PILFitReport", "fit_pil", "spectral_embeddings", "stream_layout"]
@@ -243,14 +244,11 @@ def _windows(ids: np.ndarray, T: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _check_ids(ids: object, vocab_size: int, name: str, min_len: int) -> np.ndarray:
+    """A 1-D int64 stream of at least ``min_len`` ids in ``[0, vocab_size)`` (the n-gram model's check, plus a length)."""
     arr = np.asarray(ids)
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D integer token stream, got {arr.dtype} array of shape {arr.shape}")
-    if len(arr) < min_len:
+    if arr.ndim == 1 and len(arr) < min_len:
         raise ValueError(f"{name} must hold at least {min_len} tokens, got {len(arr)}")
-    if arr.min() < 0 or arr.max() >= vocab_size:
-        raise ValueError(f"{name} holds ids outside [0, {vocab_size}): min {arr.min()}, max {arr.max()}")
-    return arr.astype(np.int64)
+    return _check_token_ids(arr, vocab_size, name, allow_empty=False)
 
 
 # ---------------------------------------------------------------------------------------------- the fit
