@@ -1,5 +1,5 @@
-"""Offline data sets as NumPy arrays: image benchmarks, the file-format readers behind them, 2-D toy shapes, and
-text corpora with their tokenizers."""
+"""Offline data sets as NumPy arrays: image benchmarks, the file-format readers behind them, 2-D toy shapes,
+text corpora with their tokenizers, and text-classification sets."""
 
 from pilearn.data._formats import read_idx, read_numpy_pickle
 from pilearn.data._images import (
@@ -21,6 +21,13 @@ from pilearn.data._text import (
     load_tinystories,
     load_wikitext,
 )
+from pilearn.data._textcls import (
+    TextClassification,
+    load_bbc_news,
+    load_text_classification,
+    load_tweets,
+    stratified_split,
+)
 from pilearn.data._tokenizers import GPT2Tokenizer, Vocab
 from pilearn.data._toy import TOY_2D_NAMES, make_toy_2d
 
@@ -30,8 +37,10 @@ __all__ = [
     "GPT2Tokenizer",
     "TEXT_DATASET_NAMES",
     "TOY_2D_NAMES",
+    "TextClassification",
     "TextCorpus",
     "Vocab",
+    "load_bbc_news",
     "load_cifar10",
     "load_dataset",
     "load_digits",
@@ -41,9 +50,12 @@ __all__ = [
     "load_ptb",
     "load_shakespeare",
     "load_text",
+    "load_text_classification",
     "load_tinystories",
+    "load_tweets",
     "load_wikitext",
     "make_toy_2d",
     "read_idx",
     "read_numpy_pickle",
+    "stratified_split",
 ]
