@@ -26,7 +26,9 @@ def test_bench_rows_and_files(bench):
     assert any(m.startswith("PIL-LM (pure) ⊕ KN-3") for m in methods)
     assert any(m.startswith("Transformer, AdamW, 0.2 epochs") for m in methods)
     assert any(m.startswith("Transformer, AdamW, time-matched") for m in methods)
-    assert any(m.startswith("PIL-LM (+Attn)") for m in methods)
+    attn = next(r for r in res["rows"] if r["method"].startswith("PIL-LM (+Attn)"))
+    assert attn["method"].endswith("softmax head") and attn["pil_seconds"] == pytest.approx(
+        next(r["fit_seconds"] for r in res["rows"] if r["method"] == "PIL-LM (pure)"))
     for r in res["rows"]:
         assert r["test_ppl"] > 1 and r["valid_ppl"] > 1
     pure = next(r for r in res["rows"] if r["method"] == "PIL-LM (pure)")
@@ -35,6 +37,12 @@ def test_bench_rows_and_files(bench):
     assert saved["data"]["train_tokens"] == 12000 and saved["environment"]["torch"]
     assert "| PIL-LM (pure) |" in (out / "results.md").read_text()
     assert (out / "curves.png").stat().st_size > 0 and (out / "pil_lm_pure.safetensors").is_file()
+
+
+def test_attn_phase_can_keep_the_mixture_head(tmp_path):
+    res = run_lm(make_config("smoke", **TINY, groups=("attn",), attn_head="keep", attn_seconds=1.0, out=tmp_path))
+    attn = next(r for r in res["rows"] if r["method"].startswith("PIL-LM (+Attn)"))
+    assert attn["method"].endswith("mixture head kept") and attn["test_ppl"] > 1
 
 
 def test_eval_lambada_on_a_file_in_the_real_format(bench, tmp_path):
@@ -70,5 +78,7 @@ def test_config_errors():
         make_config("small", groups=("pil", "bogus"))
     with pytest.raises(TypeError):
         make_config("small", not_a_field=1)
+    with pytest.raises(ValueError, match="attn_head must be"):
+        make_config("small", attn_head="mixture")
     with pytest.raises(ValueError, match="studies must be among"):
         make_ablation_config("smoke", studies=("bipil", "nope"))

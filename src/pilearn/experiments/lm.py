@@ -65,6 +65,7 @@ class LMBenchConfig:
     attn_fraction: float = 0.2  # the whole +Attn run gets this fraction of the baseline's wall-clock
     attn_seconds: float | None = None  # or: the AdamW phase alone gets this many seconds
     attn_lr: float = 1e-3
+    attn_head: str = "softmax"  # the +Attn phase's head: "softmax" (re-started) or "keep" (the pure fit's head)
     eval_tokens: int = 20000  # validation tokens per learning-curve point
     max_eval_tokens: int | None = None  # cap on the valid and test streams (None: whole splits)
     ngram_orders: tuple[int, ...] = (3, 5)
@@ -94,6 +95,8 @@ def make_config(scale: Scale = "small", **overrides: Any) -> LMBenchConfig:
         cfg = replace(cfg, dataset=cfg.datasets[0], datasets=None)
     if cfg.dataset not in TEXT_DATASET_NAMES:
         raise ValueError(f"dataset must be one of {TEXT_DATASET_NAMES}, got {cfg.dataset!r}")
+    if cfg.attn_head not in ("softmax", "keep"):
+        raise ValueError(f"attn_head must be 'softmax' or 'keep', got {cfg.attn_head!r}")
     if cfg.groups is not None:
         unknown = sorted(set(cfg.groups) - set(GROUPS))
         if unknown:
@@ -176,6 +179,7 @@ def run_lm(cfg: LMBenchConfig, command: str = "pilearn bench lm") -> dict:
 
     pil_seconds = None
     pil_model = None
+    pil_report_grid: dict[str, float] = {}
     if _on(cfg, "pil") or _on(cfg, "attn"):
         mcfg = model_config(cfg, V, ffn="pil", tie_weights=False, dropout=0.0)
         pil_model = PILLM(mcfg).to(cfg.device)
@@ -184,6 +188,7 @@ def run_lm(cfg: LMBenchConfig, command: str = "pilearn bench lm") -> dict:
             rep = fit_pil(pil_model, corpus.train, valid_ids=corpus.valid[: cfg.eval_tokens],
                           config=PILFitConfig(lam=cfg.lam, head_lam=cfg.head_lam, seed=cfg.seed))
         pil_seconds = sw.seconds
+        pil_report_grid = rep.head.get("grid", {})
         row = {"method": "PIL-LM (pure)", "family": "PIL", "fit_seconds": sw.seconds, "peak_mb": mem.peak_mb,
                "params": pil_model.n_params(), "gradient_free": True, "fit": rep.to_dict(),
                **_eval_row(pil_model, corpus)}
@@ -233,9 +238,18 @@ def run_lm(cfg: LMBenchConfig, command: str = "pilearn bench lm") -> dict:
         if cfg.attn_seconds is not None:
             budget = cfg.attn_seconds
             label = f"PIL-LM (+Attn): pure fit + AdamW on attention for {budget:.0f} s"
-        # the gradient phase starts from the pure model as fitted, its calibrated head included: the mixture
-        # log((1−α)·relu(s)/Σrelu(s) + α·p_uni) is differentiable in s, so AdamW refines it in place (a softmax
-        # head re-started from the ridge scores began far worse: 2,364 held-out PPL at its best temperature)
+        if cfg.attn_head == "softmax":
+            # a softmax head, started from the pure head's best softmax temperature. Keeping the calibrated
+            # mixture head (attn_head="keep") trains worse: its cross-entropy gradient is zero for every target whose
+            # clipped score relu(s_y) is 0, so AdamW mostly shrinks the other tokens' mass towards the unigram
+            # (docs/lm.md, "+Attn with the mixture head kept")
+            temps = {k: v for k, v in pil_report_grid.items() if k.startswith("softmax")}
+            if temps:
+                pil_model.temperature.fill_(float(min(temps, key=temps.get).split("=")[1]))
+            pil_model.head = "softmax"
+            label += ", softmax head"
+        else:
+            label += ", mixture head kept"
         _progress(f"{label}: train for {budget:.0f} s")
         with PeakMemory(device=cfg.device) as mem:
             rep = train_adamw(pil_model, corpus.train, corpus.valid, which="attention",
@@ -334,15 +348,14 @@ def _plot_curves(results: dict[str, Any], path: Path) -> None:
     for r in results["rows"]:
         if r.get("gradient_free") and r.get("valid_ppl"):
             ax.axhline(r["valid_ppl"], ls="--", lw=1, color="gray")
-            ax.text(0, r["valid_ppl"], r["method"], fontsize=7, va="bottom")
+            ax.text(0.01, r["valid_ppl"], r["method"], fontsize=7, va="bottom", transform=ax.get_yaxis_transform())
     n_curve = results.get("config", {}).get("eval_tokens")
     ax.set_xlabel("wall-clock seconds (fit or training)")
     ax.set_ylabel("validation perplexity")
     ax.set_title(f"curves: first {n_curve} validation tokens; ★ and dashed lines: the whole split", fontsize=8)
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # long labels: beside the axes
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
