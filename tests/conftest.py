@@ -16,3 +16,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def ridge_updates(monkeypatch) -> list:
+    """Record ``(grad enabled, H.requires_grad, Y.requires_grad)`` at every ``RidgeStats.update``, and make any
+    ``Tensor.backward()`` an error: a closed-form fit must build no autograd graph."""
+    from pilearn.solvers import RidgeStats
+
+    seen: list = []
+    real_update = RidgeStats.update
+
+    def spy(self, H, Y, *a, **k):
+        seen.append((torch.is_grad_enabled(), H.requires_grad, Y.requires_grad))
+        return real_update(self, H, Y, *a, **k)
+
+    def no_backward(*a, **k):
+        raise AssertionError("backward() called during a closed-form fit")
+
+    monkeypatch.setattr(RidgeStats, "update", spy)
+    monkeypatch.setattr(torch.Tensor, "backward", no_backward)
+    return seen
