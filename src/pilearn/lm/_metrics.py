@@ -30,7 +30,7 @@ def perplexity(log_probs: torch.Tensor | np.ndarray) -> float:
     if lp.numel() == 0:
         raise ValueError("log_probs is empty: perplexity needs at least one scored token")
     nll = -float(lp.double().mean())
-    return math.exp(nll) if nll < 709.0 else math.inf
+    return math.exp(nll) if nll < 709.0 else math.inf  # a hopeless model's perplexity overflows a float
 
 
 def sliding_windows(n: int, block_size: int, stride: int) -> list[tuple[int, int]]:
@@ -145,6 +145,4 @@ def evaluate(model: torch.nn.Module, ids: np.ndarray | torch.Tensor, *, stride: 
     The targets and windows are those of :func:`token_log_probs`.
     """
     lp, hit = token_log_probs(model, ids, stride=stride, batch_size=batch_size)
-    nll = -float(lp.mean())
-    ppl = math.exp(nll) if nll < 709.0 else math.inf  # a hopeless model's perplexity overflows a float
-    return LMEval(ppl, nll, float(hit.double().mean()), int(lp.numel()))
+    return LMEval(perplexity(lp), -float(lp.mean()), float(hit.double().mean()), int(lp.numel()))

@@ -486,18 +486,15 @@ def _calibrate(model: PILLM, valid_ids: np.ndarray, cfg: PILFitConfig) -> dict[s
     The blocks run once over the held-out stream (:func:`~pilearn.lm.scored_hidden`); each grid value then costs
     only the head, and scores exactly what :func:`~pilearn.lm.evaluate` would.
     """
-    from ._metrics import scored_hidden
+    from ._metrics import perplexity, scored_hidden
 
     H, y = scored_hidden(model, valid_ids)
     device = model.lm_head.weight.device
 
     def held_out_perplexity() -> float:
-        nll = 0.0
-        for i in range(0, H.shape[0], 4096):
-            lp = model.log_probs_from_hidden(H[i:i + 4096].to(device)).cpu()
-            nll -= float(lp.gather(-1, y[i:i + 4096, None]).double().sum())
-        nll /= H.shape[0]
-        return math.exp(nll) if nll < 709.0 else math.inf
+        lps = [model.log_probs_from_hidden(H[i:i + 4096].to(device)).cpu().gather(-1, y[i:i + 4096, None])[:, 0]
+               for i in range(0, H.shape[0], 4096)]
+        return perplexity(torch.cat(lps))
 
     results: dict[str, float] = {}
     grids = [("softmax", "temperature", cfg.temperature_grid, model.temperature)]
