@@ -4,7 +4,7 @@ A PIL network maps inputs through a fixed, seeded random feature map ``H = φ(X)
 output layer in closed form: ``W = (H̃ᵀH̃ + λI)⁻¹H̃ᵀỸ`` (Guo & Lyu's pseudoinverse learning; the
 extreme learning machine of Huang et al. 2006 is the same model). Training is one streaming pass
 that accumulates :class:`~pilearn.solvers.RidgeStats`, then one solve; ``partial_fit`` adds rows,
-``forget`` removes them exactly.
+``forget`` removes them exactly; ``distributed=True`` sums the statistics of every rank's shard.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from ..distributed import all_reduce_floats, check_distributed, union_labels
 from ..features import (
     BiPILFeatures,
     FeatureMap,
@@ -60,6 +61,7 @@ class _BasePIL(BaseEstimator):
         lam_grid: tuple[float, ...] | None = None,
         validation_fraction: float = 0.1,
         batch_size: int = 4096,
+        distributed: bool = False,
         device: str = "cpu",
         dtype: Literal["float32", "float64"] = "float32",
         random_state: int | None = None,
@@ -75,6 +77,7 @@ class _BasePIL(BaseEstimator):
         self.lam_grid = lam_grid
         self.validation_fraction = validation_fraction
         self.batch_size = batch_size
+        self.distributed = distributed
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
@@ -104,6 +107,9 @@ class _BasePIL(BaseEstimator):
                 f"features must be 'dense', 'bipil', 'conv', a FeatureMap or its config dict, got {self.features!r}"
             )
         check_common_params(self, tuple(_DTYPES))
+        if check_distributed(self.distributed) and self.random_state is None:
+            raise ValueError("distributed=True needs random_state (an int): every rank must draw the same random "
+                             "features, got random_state=None")
 
     @property
     def _torch_dtype(self) -> torch.dtype:
@@ -118,9 +124,19 @@ class _BasePIL(BaseEstimator):
         """``input_scale='auto'``: 1/RMS(X) (sample-weighted), so random pre-activations have unit variance."""
         if not isinstance(self.input_scale, str):
             return float(self.input_scale)
+        if self.distributed:
+            return self._reduced_input_scale(X, sample_weight)
         row_ms = np.einsum("ij,ij->i", X, X, dtype=np.float64) / X.shape[1]  # no float64 copy of X
         total = 0.0 if sample_weight is None else float(np.sum(sample_weight))
         rms = float(np.sqrt(np.average(row_ms, weights=sample_weight if total > 0 else None)))
+        return 1.0 / rms if rms > 0 else 1.0
+
+    def _reduced_input_scale(self, X: np.ndarray, sample_weight: np.ndarray | None) -> float:
+        """``input_scale='auto'`` over every rank's rows: the (weighted) mean square summed over the ranks."""
+        row_ms = np.einsum("ij,ij->i", X, X, dtype=np.float64) / X.shape[1]
+        w = np.ones(len(row_ms)) if sample_weight is None else sample_weight
+        wms, wsum, ms, n = all_reduce_floats([row_ms @ w, w.sum(), row_ms.sum(), len(row_ms)])
+        rms = float(np.sqrt(wms / wsum if wsum > 0 else ms / n))
         return 1.0 / rms if rms > 0 else 1.0
 
     def _build_feature_map(self, n_in: int, seed: int) -> FeatureMap:
@@ -188,8 +204,9 @@ class _BasePIL(BaseEstimator):
             self._solve()
             return
         hold = np.random.default_rng(self.seed_).random(X.shape[0]) < self.validation_fraction
-        if hold.sum() < 1 or (~hold).sum() < 1:
-            raise ValueError(f"lam='holdout' needs rows on both sides of the split; with {X.shape[0]} samples and "
+        n_hold, n_kept, n_all = all_reduce_floats([hold.sum(), (~hold).sum(), X.shape[0]], self.distributed)
+        if n_hold < 1 or n_kept < 1:  # the summed counts: every rank raises together
+            raise ValueError(f"lam='holdout' needs rows on both sides of the split; with {int(n_all)} samples and "
                              f"validation_fraction={self.validation_fraction} one side is empty")
         d, k = self.stats_.n_features, self.stats_.n_targets
         held = RidgeStats(d, k, dual=False, device=self.device)
@@ -202,19 +219,29 @@ class _BasePIL(BaseEstimator):
                     stats.update(H[sel], Tb[sel], None if wb is None else wb[sel], check_finite=False)
         held.release_workspace()
         kept.release_workspace()
+        if self.distributed:  # both sides of every rank's split, summed
+            held.all_reduce()
+            kept.all_reduce()
         kept += held
         self._solve(holdout=held)
 
     def _accumulate(self, X: np.ndarray, T: np.ndarray, sample_weight: np.ndarray | None, sign: int = 1) -> None:
-        if sign > 0:
+        """Add (``sign`` > 0) or remove the rows' statistics; with ``distributed``, those of every rank's rows."""
+        if sign > 0 and not self.distributed:
             for H, Tb, wb in self._transform_batches(X, T, sample_weight):
                 self.stats_.update(H, Tb, wb, check_finite=False)  # X and y passed validate_data
             self.stats_.release_workspace()
+            return
+        delta = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
+        for H, Tb, wb in self._transform_batches(X, T, sample_weight):
+            delta.update(H, Tb, wb, check_finite=False)
+        delta.release_workspace()
+        if self.distributed:
+            delta.all_reduce()
+        if sign > 0:
+            self.stats_ += delta
         else:
-            removed = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
-            for H, Tb, wb in self._transform_batches(X, T, sample_weight):
-                removed.update(H, Tb, wb, check_finite=False)
-            self.stats_ -= removed
+            self.stats_ -= delta
 
     def _select_holdout(self, train: RidgeStats, hold: RidgeStats) -> float:
         """Relative λ minimizing the hold-out MSE (see :func:`~pilearn.estimators._common.holdout_scan`)."""
@@ -273,6 +300,7 @@ class _BasePIL(BaseEstimator):
         round-off; λ is re-chosen by GCV for ``lam='auto'`` and kept relative for ``'holdout'``.
         """
         check_is_fitted(self, "stats_")
+        check_distributed(self.distributed)
         X, y, sw = self._validate_xy(X, y, sample_weight, reset=False)
         self._accumulate(X, self._targets(y), sw, sign=-1)
         self._solve()
@@ -362,6 +390,16 @@ class PILClassifier(ClassifierMixin, _BasePIL):
             ``DEFAULT_HOLDOUT_GRID`` for ``'holdout'``).
         validation_fraction: share of rows held out by ``lam='holdout'``.
         batch_size: rows per streamed batch (bounds memory: O(d² + batch_size·d)).
+        distributed: data parallelism under ``torch.distributed`` with *user shards*: each rank passes its own
+            rows to ``fit``, and everything fitted from data is summed over the ranks before it is used — the
+            classes (their union), ``input_scale='auto'``'s mean square, the RidgeStats (so GCV for
+            ``lam='auto'`` sees every row) — so every rank solves the same system and holds the same model.
+            ``lam='holdout'``: each rank holds out a seeded ``validation_fraction`` of its own shard and both
+            sides' statistics are summed, so the split is not the one a single process draws on the
+            concatenated rows. ``partial_fit`` and ``forget`` become collectives (each call's new statistics
+            are summed): every rank must call them equally often, each with its own rows (at least one).
+            Needs ``random_state``. Under ``torchrun``: ``dist.init_process_group("gloo")`` (``"nccl"`` on
+            GPUs), then ``PILClassifier(distributed=True, random_state=0).fit(X_shard, y_shard)``.
         device: torch device for features and statistics.
         dtype: feature dtype (the Gram and the solve are float64 regardless).
         random_state: seed of the feature map; None draws one (stored in ``seed_``).
@@ -376,7 +414,8 @@ class PILClassifier(ClassifierMixin, _BasePIL):
         self._validate_params()
         X, y, sw = self._validate_xy(X, y, sample_weight, reset=True)
         check_classification_targets(y)
-        self._binarizer = LabelBinarizer().fit(y)
+        # distributed: every rank binarizes the union of the shards' classes
+        self._binarizer = LabelBinarizer().fit(union_labels(y) if self.distributed else y)
         self.classes_ = self._binarizer.classes_
         if len(self.classes_) < 2:
             raise ValueError(f"PILClassifier needs samples of at least 2 classes in y; got 1 class: {self.classes_[0]!r}")
@@ -392,13 +431,15 @@ class PILClassifier(ClassifierMixin, _BasePIL):
             _no_holdout_streaming(self)
             if classes is None:
                 raise ValueError("classes must be passed on the first call to partial_fit, got None")
-            classes = np.unique(np.asarray(classes))
+            classes = union_labels(np.asarray(classes), bool(self.distributed))
             if len(classes) < 2:
                 raise ValueError(f"classes must hold at least 2 classes, got {classes!r}")
             self._binarizer = LabelBinarizer().fit(classes)
             self.classes_ = self._binarizer.classes_
-        elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
-            raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_!r}")
+        else:
+            check_distributed(self.distributed)
+            if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+                raise ValueError(f"classes={classes!r} differs from the classes of the first call {self.classes_!r}")
         X, y, sw = self._validate_xy(X, y, sample_weight, reset=first)
         check_classification_targets(y)
         if first:
@@ -441,6 +482,12 @@ class PILRegressor(RegressorMixin, _BasePIL):
 
     ``W = (H̃ᵀH̃ + λI)⁻¹H̃ᵀỸ`` with ``H = φ(X)``; single or multi-output ``y``. Parameters and attributes
     as :class:`PILClassifier` (no classes).
+
+    ``distributed=True`` (user shards): each rank passes its own rows; ``input_scale='auto'``'s mean square, the
+    RidgeStats (GCV) and, for ``lam='holdout'``, both sides of each rank's own split are summed over the ranks
+    before the solve; ``partial_fit`` and ``forget`` are then collectives. Needs ``random_state``. Under
+    ``torchrun``: ``dist.init_process_group("gloo")``, then
+    ``PILRegressor(distributed=True, random_state=0).fit(X_shard, y_shard)``.
     """
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "PILRegressor":
@@ -459,6 +506,8 @@ class PILRegressor(RegressorMixin, _BasePIL):
         if first:
             self._validate_params()
             _no_holdout_streaming(self)
+        else:
+            check_distributed(self.distributed)
         X, y, sw = self._validate_xy(X, y, sample_weight, reset=first)
         Y = self._targets(y)
         if first:
