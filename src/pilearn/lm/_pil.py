@@ -59,6 +59,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import all_reduce_floats, all_reduce_stats, all_reduce_sum_, check_distributed
 from ..features import derive_seed, make_generator
 from ..solvers import RidgeStats, lam_scale, spd_solve
 from ._ngram import _check_ids as _check_token_ids
@@ -76,6 +77,9 @@ class PILFitConfig:
     ``lam`` and ``head_lam`` are *relative*: the ridge penalty is ``lam · tr(G̃)/d``, so one value means the same
     across widths and data sizes; ``lam="gcv"`` picks each FFN's by generalized cross-validation from the
     statistics alone. ``d_pred`` is a minimum: the width left over by the layout also goes to the prediction block.
+
+    ``distributed=True``: data parallelism under ``torch.distributed`` (see :func:`fit_pil`): each rank passes its
+    own segments and every data-dependent sum is added over the ranks before it is used.
     """
 
     lam: float | Literal["gcv"] = 1e-4
@@ -92,8 +96,11 @@ class PILFitConfig:
     temperature_grid: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0)
     gcv_grid: tuple[float, ...] = tuple(float(v) for v in np.logspace(-8, 0, 9))
     seed: int = 0
+    distributed: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.distributed, (bool, np.bool_)):
+            raise ValueError(f"distributed must be a bool, got {self.distributed!r}")
         v = self.lam
         if v != "gcv" and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 or not math.isfinite(v)):
             raise ValueError(f"lam must be a finite float >= 0 or 'gcv', got {v!r}")
@@ -176,11 +183,48 @@ def _frequencies(F_: int, block_size: int) -> tuple[torch.Tensor, float]:
 
 
 # ---------------------------------------------------------------------------------------------- embeddings
-def _ppmi(a: np.ndarray, b: np.ndarray, V: int, alpha: float = 0.75):
+def _pair_counts(segments: Sequence[np.ndarray], V: int, offset: int):
+    """``V × V`` counts of the pairs (``w_t``, ``w_{t+1+offset}``) inside each segment (canonical CSR)."""
     import scipy.sparse as sp
 
+    a = np.concatenate([seg[: max(len(seg) - 1 - offset, 0)] for seg in segments])
+    b = np.concatenate([seg[1 + offset:] for seg in segments])
     C = sp.coo_matrix((np.ones(len(a), dtype=np.float64), (a, b)), shape=(V, V)).tocsr()
     C.sum_duplicates()
+    return C
+
+
+def _all_reduce_counts(mats: list, V: int, distributed: bool) -> list:
+    """Sum sparse count matrices over the ranks (one ``all_gather_object`` of their nonzeros).
+
+    The counts are integers, so the sum is exact and every rank ends with the bit-identical canonical CSR matrix
+    that one process counting all the segments would have built.
+    """
+    if not distributed:
+        return mats
+    import scipy.sparse as sp
+    import torch.distributed as dist
+
+    local = []
+    for C in mats:
+        coo = C.tocoo()
+        local.append((coo.row, coo.col, coo.data))
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    out = []
+    for o in range(len(mats)):
+        parts = [g[o] for g in gathered]
+        rows, cols, data = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        C = sp.coo_matrix((data, (rows, cols)), shape=(V, V)).tocsr()
+        C.sum_duplicates()
+        out.append(C)
+    return out
+
+
+def _ppmi(C, V: int, alpha: float = 0.75):
+    """Positive PMI of a canonical CSR count matrix, with context distribution smoothing ``alpha``."""
+    import scipy.sparse as sp
+
     C = C.tocoo()
     rows = np.asarray(np.bincount(C.row, weights=C.data, minlength=V), dtype=np.float64)
     ctx = np.bincount(C.col, weights=C.data, minlength=V) ** alpha  # context distribution smoothing
@@ -190,20 +234,27 @@ def _ppmi(a: np.ndarray, b: np.ndarray, V: int, alpha: float = 0.75):
     return sp.csr_matrix((pmi[keep], (C.row[keep], C.col[keep])), shape=(V, V))
 
 
-def spectral_embeddings(ids: np.ndarray, vocab_size: int, dim: int, *, offsets: int = 1,
-                        out_dim: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def spectral_embeddings(ids: np.ndarray | Sequence[np.ndarray], vocab_size: int, dim: int, *, offsets: int = 1,
+                        out_dim: int | None = None,
+                        distributed: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """Input (and output) token embeddings from the truncated SVD of positive-PMI next-token matrices.
 
     ``[M_0 … M_{offsets−1}] ≈ U Σ Vᵀ`` with ``M_o[a, b] = max(0, log p(w_{t+1+o}=b | w_t=a) / p_α(b))``; the
     input embedding is ``U Σ^½`` (``V × dim``). With ``out_dim``, the output embedding is ``V' Σ'^½`` of ``M_0``
     alone (``V × out_dim``): row ``b`` summarizes which tokens precede ``b``. Deterministic (ARPACK started from
     a fixed vector).
+
+    ``ids`` is one stream or a list of segments (documents) whose pairs are counted separately (no pair straddles
+    two segments). With ``distributed=True`` the pair counts are summed over the ranks first (exact: they are
+    integers), so every rank computes the embeddings of the union of the shards.
     """
     import scipy.sparse as sp
     from scipy.sparse.linalg import svds
 
-    ids = np.asarray(ids, dtype=np.int64)
-    mats = [_ppmi(ids[: len(ids) - 1 - o], ids[1 + o:], vocab_size) for o in range(offsets)]
+    segments = _as_segments(ids)
+    counts = _all_reduce_counts([_pair_counts(segments, vocab_size, o) for o in range(offsets)], vocab_size,
+                                distributed)
+    mats = [_ppmi(C, vocab_size) for C in counts]
     M = sp.hstack(mats).tocsr()
     k = min(dim, min(M.shape) - 1)
     U, S, _ = svds(M, k=k, v0=np.ones(min(M.shape)) / math.sqrt(min(M.shape)))
@@ -235,12 +286,28 @@ def _unit_rows(E: np.ndarray, norm: float, seed: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _windows(ids: np.ndarray, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Non-overlapping training windows: inputs ``(N, T)`` and next-token targets ``(N, T)``."""
-    n = (len(ids) - 1) // T
-    x = torch.from_numpy(np.ascontiguousarray(ids[: n * T])).view(n, T)
-    y = torch.from_numpy(np.ascontiguousarray(ids[1: n * T + 1])).view(n, T)
-    return x, y
+def _is_segment_list(ids: object) -> bool:
+    """A list or tuple of 1-D arrays (segments), as opposed to one stream given as a list of ints."""
+    return isinstance(ids, (list, tuple)) and len(ids) > 0 and np.ndim(ids[0]) >= 1
+
+
+def _as_segments(ids: object) -> list[np.ndarray]:
+    """One stream, or a list of segments, as a list of int64 arrays (unchecked: for :func:`spectral_embeddings`)."""
+    if _is_segment_list(ids):
+        return [np.asarray(seg, dtype=np.int64) for seg in ids]  # type: ignore[union-attr]
+    return [np.asarray(ids, dtype=np.int64)]
+
+
+def _windows(segments: Sequence[np.ndarray], T: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-overlapping training windows of each segment in turn: inputs ``(N, T)`` and next-token targets ``(N, T)``."""
+    xs, ys = [], []
+    for ids in segments:
+        n = (len(ids) - 1) // T
+        xs.append(torch.from_numpy(np.ascontiguousarray(ids[: n * T])).view(n, T))
+        ys.append(torch.from_numpy(np.ascontiguousarray(ids[1: n * T + 1])).view(n, T))
+    if len(segments) == 1:
+        return xs[0], ys[0]
+    return torch.cat(xs), torch.cat(ys)
 
 
 def _check_ids(ids: object, vocab_size: int, name: str, min_len: int) -> np.ndarray:
@@ -251,37 +318,71 @@ def _check_ids(ids: object, vocab_size: int, name: str, min_len: int) -> np.ndar
     return _check_token_ids(arr, vocab_size, name, allow_empty=False)
 
 
+def _check_segments(ids: object, vocab_size: int, name: str, min_len: int) -> list[np.ndarray]:
+    """One stream or a non-empty list of segments, each checked by :func:`_check_ids`."""
+    if isinstance(ids, (list, tuple)) and len(ids) == 0:
+        raise ValueError(f"{name} must be a token stream or a non-empty list of segments, got an empty "
+                         f"{type(ids).__name__}")
+    if not _is_segment_list(ids):
+        return [_check_ids(ids, vocab_size, name, min_len)]
+    return [_check_ids(seg, vocab_size, f"{name}[{i}]", min_len) for i, seg in enumerate(ids)]  # type: ignore[arg-type]
+
+
+def _hold_out_tails(segments: list[np.ndarray], T: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each segment split into (head, tail): the tail is 2 % of it, at least ``T + 1`` tokens."""
+    train, valid = [], []
+    for ids in segments:
+        cut = len(ids) - max(T + 1, len(ids) // 50)
+        train.append(ids[:cut])
+        valid.append(ids[cut:])
+    return train, valid
+
+
 # ---------------------------------------------------------------------------------------------- the fit
 @torch.no_grad()
-def fit_pil(model: PILLM, train_ids: np.ndarray, *, valid_ids: np.ndarray | None = None,
-            config: PILFitConfig | None = None, progress: Any = None) -> PILFitReport:
+def fit_pil(model: PILLM, train_ids: np.ndarray | Sequence[np.ndarray], *,
+            valid_ids: np.ndarray | Sequence[np.ndarray] | None = None, config: PILFitConfig | None = None,
+            progress: Any = None) -> PILFitReport:
     """Set every weight of ``model`` (a :class:`PILLM` with ``ffn="pil"``) in closed form; see the module doc.
 
     Args:
         model: the transformer to fit, in place.
-        train_ids: the training token stream (1-D ints).
-        valid_ids: held-out stream on which the head's calibration (α or temperature) is chosen; a tail of
-            ``train_ids`` (2 %) is held out when None.
+        train_ids: the training token stream (1-D ints), or a list of segments (documents, each 1-D): each
+            segment is counted and cut into windows on its own, so no co-occurrence pair and no window straddles
+            two segments. A single stream is the one-segment list.
+        valid_ids: held-out stream, or list of segments, on which the head's calibration (α or temperature) is
+            chosen; each segment is scored on its own and the log-likelihoods of all of them are pooled. When
+            None, the tail of every training segment (2 %, at least ``block_size + 1`` tokens) is held out.
         config: :class:`PILFitConfig`.
         progress: optional callable ``progress(stage: str, done: int, total: int)``.
 
     Returns:
         A :class:`PILFitReport`.
+
+    ``config.distributed=True`` (data parallelism under ``torch.distributed``, gloo on CPU or NCCL on GPU; user
+    shards): each rank passes its own training and held-out segments, and every data-dependent sum is added over
+    the ranks before it is used: the co-occurrence counts behind the spectral embeddings (exact: they are
+    integers), each FFN layer's :class:`~pilearn.solvers.RidgeStats`, the head's Gram and per-token sums (hence
+    the unigram), and the held-out log-likelihood and token count of every calibration grid value. Every rank then
+    solves the identical systems and ends with the same model: the model one process fits on the ranks' segment
+    lists concatenated in rank order, up to the rounding of the float sums (their order differs). The model's
+    initial weights need not agree across ranks (the fit sets every weight). Each rank passes at least one segment.
     """
     cfg = config or PILFitConfig()
     if not isinstance(model, PILLM):
         raise TypeError(f"model must be a PILLM, got {type(model).__name__}")
+    distributed = check_distributed(cfg.distributed)
     mc = model.config
     if mc.ffn != "pil":
         raise ValueError(f"fit_pil needs a model with ffn='pil', got ffn={mc.ffn!r}")
     if mc.tie_weights:
         raise ValueError("fit_pil needs an untied head (LMConfig(tie_weights=False)): the solved head is not wte")
     T = mc.block_size
-    ids = _check_ids(train_ids, mc.vocab_size, "train_ids", 2 * T + 2)
+    segments = _check_segments(train_ids, mc.vocab_size, "train_ids", 2 * T + 2 if valid_ids is None else T + 1)
     if valid_ids is None:
-        cut = len(ids) - max(T + 1, len(ids) // 50)
-        ids, valid_ids = ids[:cut], ids[cut:]
-    valid_ids = _check_ids(valid_ids, mc.vocab_size, "valid_ids", T + 1)
+        segments, valid = _hold_out_tails(segments, T)
+    else:
+        valid = _check_segments(valid_ids, mc.vocab_size, "valid_ids", T + 1)
     report = PILFitReport()
     t_start = time.perf_counter()
     model.eval()
@@ -292,11 +393,11 @@ def fit_pil(model: PILLM, train_ids: np.ndarray, *, valid_ids: np.ndarray | None
     Q = _basis(mc.n_embd, cfg.seed)
 
     t = time.perf_counter()
-    u, norms = _set_embeddings(model, ids, blocks, Q, cfg)
+    u, norms = _set_embeddings(model, segments, blocks, Q, cfg)
     report.timings["embeddings"] = time.perf_counter() - t
     _set_attention(model, blocks, Q, cfg, norms)
 
-    X, Y = _windows(ids, T)
+    X, Y = _windows(segments, T)
     # the stream of every training window, kept in memory and advanced one layer at a time
     stream = torch.empty(X.shape[0], T, mc.n_embd, dtype=torch.float32)
     bs = cfg.batch_windows
@@ -319,6 +420,7 @@ def fit_pil(model: PILLM, train_ids: np.ndarray, *, valid_ids: np.ndarray | None
             stats.update(H, target, check_finite=False)
             if progress is not None:
                 progress(f"layer {layer + 1}", min(i + bs, X.shape[0]), X.shape[0])
+        all_reduce_stats(stats, distributed=distributed)
         info = _solve(stats, cfg.lam, cfg)
         W, b = info.pop("coef"), info.pop("intercept")
         ffn.out.weight.copy_((Qp.double() @ W.T.to(device)).to(ffn.out.weight.dtype))
@@ -331,20 +433,21 @@ def fit_pil(model: PILLM, train_ids: np.ndarray, *, valid_ids: np.ndarray | None
         logger.info("PIL-LM layer %d: %s", layer + 1, info)
 
     t = time.perf_counter()
-    report.head = _fit_head(model, stream, Y, valid_ids, cfg)
+    report.head = _fit_head(model, stream, Y, valid, cfg)
     report.timings["head"] = time.perf_counter() - t
     report.seconds = time.perf_counter() - t_start
     return report
 
 
-def _set_embeddings(model: PILLM, ids: np.ndarray, blocks: dict[str, slice], Q: torch.Tensor,
+def _set_embeddings(model: PILLM, segments: list[np.ndarray], blocks: dict[str, slice], Q: torch.Tensor,
                     cfg: PILFitConfig) -> tuple[torch.Tensor, tuple[float, float, torch.Tensor]]:
     """Set ``wte`` and ``wpe``; return the output embedding ``u`` (V × d_pred) and the norms the attention needs."""
     mc = model.config
     d_tok = blocks["tok"].stop - blocks["tok"].start
     d_pred = blocks["pred"].stop - blocks["pred"].start
     n_shift = mc.n_head - 1
-    E_in, E_out = spectral_embeddings(ids, mc.vocab_size, d_tok, offsets=n_shift + 1, out_dim=d_pred)
+    E_in, E_out = spectral_embeddings(segments, mc.vocab_size, d_tok, offsets=n_shift + 1, out_dim=d_pred,
+                                      distributed=cfg.distributed)
     r_tok = math.sqrt(d_tok)
     E = _unit_rows(E_in, r_tok, cfg.seed)
     model.wte.weight.copy_((E @ Q[:, blocks["tok"]].T).to(model.wte.weight.dtype))
@@ -425,7 +528,7 @@ def _solve(stats: RidgeStats, lam: float | str, cfg: PILFitConfig) -> dict[str, 
             "condition": cond, "method": method, "rows": int(stats.n)} | ({"gcv": gcv} if gcv else {})
 
 
-def _fit_head(model: PILLM, stream: torch.Tensor, Y: torch.Tensor, valid_ids: np.ndarray,
+def _fit_head(model: PILLM, stream: torch.Tensor, Y: torch.Tensor, valid: list[np.ndarray],
               cfg: PILFitConfig) -> dict[str, Any]:
     """Ridge from ``LN(x_L)`` onto the one-hot next token, then its calibration on held-out text."""
     mc = model.config
@@ -439,6 +542,8 @@ def _fit_head(model: PILLM, stream: torch.Tensor, Y: torch.Tensor, valid_ids: np
         h = torch.cat([h, torch.ones(h.shape[0], 1, dtype=h.dtype, device=device)], 1)
         G += h.T @ h
         HY.index_add_(0, Y[i:i + bs].reshape(-1).to(device), h)
+    all_reduce_sum_(G, cfg.distributed)  # the head's statistics of every rank's windows
+    all_reduce_sum_(HY, cfg.distributed)
     n = float(G[-1, -1])
     counts = HY[:, -1]  # (V,) how often each token is the target
     model.log_unigram.copy_(torch.log(((counts + 1.0) / (n + V)).to(model.log_unigram.dtype)))
@@ -455,7 +560,7 @@ def _fit_head(model: PILLM, stream: torch.Tensor, Y: torch.Tensor, valid_ids: np
         intercept = y_mean - mean @ coef
     model.lm_head.weight.copy_(coef.T.to(model.lm_head.weight.dtype))
     model.lm_head.bias.copy_(intercept.to(model.lm_head.bias.dtype))
-    return _calibrate(model, valid_ids, cfg) | {"kind": cfg.head, "lam_relative": cfg.head_lam, "method": method}
+    return _calibrate(model, valid, cfg) | {"kind": cfg.head, "lam_relative": cfg.head_lam, "method": method}
 
 
 def _lda_head(G: torch.Tensor, HY: torch.Tensor, n: float, cfg: PILFitConfig) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -480,22 +585,26 @@ def _lda_head(G: torch.Tensor, HY: torch.Tensor, n: float, cfg: PILFitConfig) ->
     return A, intercept, method
 
 
-def _calibrate(model: PILLM, valid_ids: np.ndarray, cfg: PILFitConfig) -> dict[str, Any]:
+def _calibrate(model: PILLM, valid: list[np.ndarray], cfg: PILFitConfig) -> dict[str, Any]:
     """Pick the head's softmax temperature, or the mixture weight α, by held-out perplexity (a grid, no gradient).
 
-    The blocks run once over the held-out stream (:func:`~pilearn.lm.scored_hidden`); each grid value then costs
-    only the head, and scores exactly what :func:`~pilearn.lm.evaluate` would.
+    The blocks run once over each held-out segment (:func:`~pilearn.lm.scored_hidden`); each grid value then costs
+    only the head, and scores exactly what :func:`~pilearn.lm.evaluate` would on every segment, pooled. With
+    ``distributed``, every grid value's summed log-likelihood and the token count are added over the ranks (one
+    all-reduce for the whole grid) and the perplexity is that of the pooled mean.
     """
     from ._metrics import perplexity, scored_hidden
 
-    H, y = scored_hidden(model, valid_ids)
+    parts = [scored_hidden(model, ids) for ids in valid]
+    H, y = (parts[0] if len(parts) == 1 else (torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])))
     device = model.lm_head.weight.device
 
-    def held_out_perplexity() -> float:
+    def held_out_log_probs() -> torch.Tensor:
         lps = [model.log_probs_from_hidden(H[i:i + 4096].to(device)).cpu().gather(-1, y[i:i + 4096, None])[:, 0]
                for i in range(0, H.shape[0], 4096)]
-        return perplexity(torch.cat(lps))
+        return torch.cat(lps)
 
+    # per grid value: the perplexity, or (distributed) the local sum of log-probabilities, pooled below
     results: dict[str, float] = {}
     grids = [("softmax", "temperature", cfg.temperature_grid, model.temperature)]
     if cfg.head == "ridge":
@@ -504,7 +613,11 @@ def _calibrate(model: PILLM, valid_ids: np.ndarray, cfg: PILFitConfig) -> dict[s
         model.head = kind
         for v in grid:
             buf.fill_(v)
-            results[f"{kind} {name}={v:g}"] = held_out_perplexity()
+            lp = held_out_log_probs()
+            results[f"{kind} {name}={v:g}"] = float(lp.double().sum()) if cfg.distributed else perplexity(lp)
+    if cfg.distributed:  # the perplexity of the mean log-probability over every rank's held-out tokens
+        sums = all_reduce_floats([*results.values(), float(H.shape[0])])
+        results = {k: perplexity(torch.tensor([s / sums[-1]], dtype=torch.float64)) for k, s in zip(results, sums)}
     best = min(results, key=results.get)
     kind, value = best.split(" ")[0], float(best.split("=")[1])
     model.head = kind
