@@ -127,12 +127,18 @@ class PILDiffusion(ReadoutModel):
         input_scale: s in z = [s·x/√D, …].
         lam, lam_grid, validation_fraction: λ, as :class:`~pilearn.generative.PILFlowMatching`.
         batch_size, dtype, device, random_state: as :class:`~pilearn.generative.PILFlowMatching`.
+        distributed: data parallelism under ``torch.distributed`` with *library shards*, as
+            :class:`~pilearn.generative.PILFlowMatching`: every rank passes the same ``X`` (and ``y``), computes the
+            features of every ``world_size``-th batch of each head's (t, ε) draws (the draws themselves are those
+            of one process), and each head's statistics (train and hold-out) and ``n_draws_`` are summed over the
+            ranks before the solve. Under ``torchrun``: ``dist.init_process_group("gloo")`` (``"nccl"`` on GPUs),
+            then ``PILDiffusion(distributed=True).fit(X)`` on every rank.
     """
 
     _PARAMS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type", "features",
                "width", "fusion", "activation", "conv_channels", "image_shape", "time_embedding", "time_dim",
                "time_buckets", "bucket_spacing", "head_timesteps", "conditioning", "draws", "input_scale", "lam", "lam_grid",
-               "validation_fraction", "batch_size", "dtype", "device", "random_state")
+               "validation_fraction", "batch_size", "distributed", "dtype", "device", "random_state")
     _FORMAT = "pilearn.diffusion.v1"
 
     def __init__(self, *, num_train_timesteps: int = 1000, beta_schedule: str = "linear", beta_start: float = 1e-4,
@@ -144,8 +150,8 @@ class PILDiffusion(ReadoutModel):
                  time_buckets: int = 4, bucket_spacing: Literal["flow", "timestep"] = "flow", head_timesteps: Sequence[int] | None = None,
                  conditioning: Literal["separate", "features"] = "separate", draws: int = 2, input_scale: float = 1.0,
                  lam: float | Literal["holdout"] = 1.0, lam_grid: tuple[float, ...] | None = None,
-                 validation_fraction: float = 0.1, batch_size: int = 2048, dtype: str = "float32",
-                 device: str = "cpu", random_state: int = 0) -> None:
+                 validation_fraction: float = 0.1, batch_size: int = 2048, distributed: bool = False,
+                 dtype: str = "float32", device: str = "cpu", random_state: int = 0) -> None:
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = beta_schedule
         self.beta_start = beta_start
@@ -169,6 +175,7 @@ class PILDiffusion(ReadoutModel):
         self.lam_grid = lam_grid
         self.validation_fraction = validation_fraction
         self.batch_size = batch_size
+        self.distributed = distributed
         self.dtype = dtype
         self.device = device
         self.random_state = random_state

@@ -88,6 +88,12 @@ class PILFlowMatching(ReadoutModel):
         lam_grid: relative λ candidates of the hold-out scan (× tr(G̃)/d).
         validation_fraction: fraction of each head's points held out to choose λ.
         batch_size: data points per feature batch.
+        distributed: data parallelism under ``torch.distributed`` with *library shards*: every rank passes the
+            same ``X`` (and ``y``) and computes the features and Gram of every ``world_size``-th batch of each
+            head's draws (the random draws stay those of one process); each head's statistics (train and
+            hold-out) and ``n_draws_`` are summed over the ranks, and every rank solves the same heads. Under
+            ``torchrun``: ``dist.init_process_group("gloo")`` (``"nccl"`` on GPUs), then
+            ``PILFlowMatching(distributed=True).fit(X)`` on every rank.
         dtype: feature dtype (statistics and solves are float64).
         device: where features are computed.
         random_state: the seed of every random map and every draw.
@@ -98,7 +104,8 @@ class PILFlowMatching(ReadoutModel):
                  time_buckets: int = 4, conditioning: Literal["separate", "features"] = "separate", draws: int = 2,
                  input_scale: float = 1.0, sigma: float = 0.0, num_layers: int = 1, lam: float | Literal["holdout"] = 1.0,
                  lam_grid: tuple[float, ...] | None = None, validation_fraction: float = 0.1,
-                 batch_size: int = 2048, dtype: str = "float32", device: str = "cpu", random_state: int = 0) -> None:
+                 batch_size: int = 2048, distributed: bool = False, dtype: str = "float32", device: str = "cpu",
+                 random_state: int = 0) -> None:
         self.width = width
         self.fusion = fusion
         self.activation = activation
@@ -114,13 +121,14 @@ class PILFlowMatching(ReadoutModel):
         self.lam_grid = lam_grid
         self.validation_fraction = validation_fraction
         self.batch_size = batch_size
+        self.distributed = distributed
         self.dtype = dtype
         self.device = device
         self.random_state = random_state
 
     _PARAMS = ("width", "fusion", "activation", "time_embedding", "time_dim", "time_buckets", "conditioning",
                "draws", "input_scale", "sigma", "num_layers", "lam", "lam_grid", "validation_fraction", "batch_size",
-               "dtype", "device", "random_state")
+               "distributed", "dtype", "device", "random_state")
     _FORMAT = "pilearn.flow.v1"
 
     # ------------------------------------------------------------------ parameters

@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
+from ..distributed import all_reduce_floats, check_distributed, owns_batch
 from ..features import derive_seed, make_generator, sinusoidal_embedding
 from ..solvers import DEFAULT_HOLDOUT_GRID, RidgeStats, holdout_scan, lam_scale
 
@@ -136,7 +137,14 @@ class ReadoutModel:
     Subclasses set ``_PARAMS`` (constructor parameters, in order), ``_FORMAT`` (the file tag) and ``_NAME``, and
     implement ``_check_params``, ``_build_maps``, ``_phi``, ``_n_phi``, ``_n_cells``, ``_cell_of`` and ``_draw``.
     Parameters every subclass has: ``conditioning``, ``draws``, ``lam``, ``lam_grid``, ``validation_fraction``,
-    ``batch_size``, ``dtype``, ``device``, ``random_state``; ``num_layers`` defaults to 1.
+    ``batch_size``, ``distributed``, ``dtype``, ``device``, ``random_state``; ``num_layers`` defaults to 1.
+
+    ``distributed=True`` (library shards, :mod:`pilearn.distributed`): every rank passes the same data; within a
+    head, the batches of the draws are numbered b = 0, 1, … over (draw, batch) and rank r computes features and
+    Gram only for the b it owns (``b % world_size == r``). The head's generator is still advanced through every
+    batch (a skipped batch is drawn and discarded), so each draw is the one a single process makes, and each
+    head's statistics (train and hold-out) and ``n_draws_`` are summed over the ranks before the solve: the
+    model equals the one-process fit up to the order of floating-point sums.
     """
 
     _PARAMS: tuple[str, ...] = ()
@@ -200,6 +208,9 @@ class ReadoutModel:
     # ------------------------------------------------------------------ fit
     def _fit(self, X: torch.Tensor, y: Any) -> None:
         """Solve every head for data ``X (n, D)`` (checked) and optional labels ``y``."""
+        distributed = check_distributed(self.distributed)
+        if distributed:
+            _check_same_data(X, y)
         self.dim_ = X.shape[1]
         if y is None:
             self.classes_, labels = None, None
@@ -218,6 +229,8 @@ class ReadoutModel:
             for k in range(self._n_cells()):
                 for c, idx in groups:
                     self.heads_[(layer, k, c)] = self._fit_head(layer, k, c, X, labels, idx)
+        if distributed:
+            self.n_draws_ = int(round(all_reduce_floats([self.n_draws_])[0]))
 
     def _groups(self, labels: np.ndarray | None, n: int) -> list[tuple[int, np.ndarray]]:
         """(class index or −1, the row indices it owns): one group per class with ``"separate"``, else one."""
@@ -227,12 +240,21 @@ class ReadoutModel:
 
     def _draws(self, layer: int, k: int, c: int, X: torch.Tensor, labels: np.ndarray | None, idx: np.ndarray,
                stream: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
-        """Seeded batches (x_t, t, one-hot or None, target) of head (layer, k, c): ``draws`` per point."""
+        """Seeded batches (x_t, t, one-hot or None, target) of head (layer, k, c): ``draws`` per point.
+
+        With ``distributed``, only the batches this rank owns; the others are drawn too (a few random tensors of
+        the batch's shape, cheap next to its features and Gram) so that the generator stays in step.
+        """
         g = make_generator(derive_seed(self.random_state, "draws", stream, layer, k, c))
+        batch = 0  # the global batch number within this head and stream: (draw, batch) in order
         for _ in range(self.draws):
             for s in range(0, len(idx), self.batch_size):
                 rows = torch.from_numpy(idx[s: s + self.batch_size])
+                owned = owns_batch(batch, self.distributed)
+                batch += 1
                 xt, t, target = self._draw(g, X[rows].to(self._dev, self._dt), k)
+                if not owned:
+                    continue
                 onehot = None
                 if self._label_in_features():
                     onehot = torch.nn.functional.one_hot(torch.from_numpy(labels[rows.numpy()]),
@@ -248,6 +270,8 @@ class ReadoutModel:
             stats.update(self._phi(layer, xt, t, onehot, prev), target, check_finite=False)
             self.n_draws_ += len(xt)
         stats.release_workspace()
+        if self.distributed:  # every rank then holds the statistics of all the head's draws
+            stats.all_reduce()
         return stats
 
     def _fit_head(self, layer: int, k: int, c: int, X, labels, idx: np.ndarray) -> _Head:
@@ -398,6 +422,20 @@ class ReadoutModel:
         defaults = type(self).__init__.__kwdefaults__
         changed = {k: v for k, v in self.get_params().items() if not _equal(v, defaults[k])}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+
+def _check_same_data(X: torch.Tensor, y: Any) -> None:
+    """Library shards: every rank must pass the same data; compare shapes and checksums (one collective)."""
+    import torch.distributed as dist
+
+    Xd = X.to(torch.float64)
+    mine = (tuple(X.shape), float(Xd.sum()), float((Xd * Xd).sum()),
+            None if y is None else float(np.asarray(y, dtype=np.float64).sum()))
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    if any(g != gathered[0] for g in gathered):
+        raise ValueError("distributed=True shards the draws, not the data: every rank must pass the same X (and "
+                         f"y); got (shape, sum, sum of squares, label sum) per rank {gathered}")
 
 
 def _equal(a: Any, b: Any) -> bool:
