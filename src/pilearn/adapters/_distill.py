@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..distributed import check_distributed
 from ._fit import (
     Capture,
     FitReport,
@@ -136,6 +137,7 @@ def fit_distill(
     *,
     schedule: Schedule = "sequential",
     reset: bool = True,
+    distributed: bool = False,
 ) -> FitReport:
     """Fit every adapter to close the gap between the teacher's layer outputs and the student's (module docstring).
 
@@ -148,13 +150,23 @@ def fit_distill(
         schedule: ``"sequential"`` (layer by layer, earlier layers fitted and active), ``"parallel"`` (one pass), or
             an int number of layer groups.
         reset: zero the adapters first. With False, existing adapters stay active and each solve adds a correction.
+        distributed: data parallelism under ``torch.distributed`` (gloo on CPU, NCCL on GPU; user shards): each
+            rank passes its own ``batches`` (any number, at least one) and runs its own local pass per layer group;
+            then every layer's :class:`~pilearn.solvers.RidgeStats` is summed over the ranks (one all-reduce per
+            layer, after the pass) and every rank solves the identical system. Each adapter's input
+            standardization (μ, s) is measured on rank 0's first batch and broadcast. The result is the fit one
+            process makes on the ranks' batch lists concatenated in rank order, up to the rounding of the float sums
+            (a distributed fit always solves the primal ridge problem, as one process does once a layer has
+            more rows than ``rank``). Student, teacher and adapters must start identical on every rank.
 
     Returns:
         A :class:`FitReport`.
 
     Raises:
         ValueError: teacher and student activations that do not align, NaN or Inf in inputs or activations.
+        RuntimeError: ``distributed=True`` without an initialized ``torch.distributed`` process group.
     """
+    distributed = check_distributed(distributed)
     layers = adapted_layers(pil_model)
     batches = check_batches(batches)
     cfg = pil_model.pil_config
@@ -168,7 +180,7 @@ def fit_distill(
         report.groups = make_groups(order, schedule)
         t_model, t_modules, t_disabled = _teacher_modules(pil_model, teacher, order)
         for group in report.groups:
-            solvers = {n: LayerSolver(layers[n], cfg.lam, cfg.lam_grid) for n in group}
+            solvers = {n: LayerSolver(layers[n], cfg.lam, cfg.lam_grid, distributed) for n in group}
             stop = None if repeated else group[-1]
             for index, raw in enumerate(batches):
                 pair = _as_pair(raw)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Union
 import torch
 from torch import nn
 
+from ..distributed import all_reduce_stats, rank_and_world
 from ..solvers import RidgeStats, lam_scale
 from ._layer import PILLoraLinear
 from ._model import PILModel
@@ -306,13 +307,17 @@ def eager_attention(model: nn.Module, needed: bool) -> Iterator[None]:
 class LayerSolver:
     """One adapter's ridge problem: rows H = σ(x̂ W_down) (n, rank), targets Y = r / scaling (n, out).
 
-    The first rows calibrate the layer's input statistics (μ, s) when it has none yet.
+    The first rows calibrate the layer's input statistics (μ, s) when it has none yet. With ``distributed``, the
+    first rows of rank 0 calibrate it on every rank (one broadcast, at every rank's first :meth:`update`), and
+    :meth:`solve` sums the statistics over the ranks (one all-reduce) before it solves.
     """
 
-    def __init__(self, layer: PILLoraLinear, lam: float | str, lam_grid: Sequence[float]) -> None:
+    def __init__(self, layer: PILLoraLinear, lam: float | str, lam_grid: Sequence[float],
+                 distributed: bool = False) -> None:
         self.layer = layer
         self.lam = lam
         self.lam_grid = tuple(lam_grid)
+        self.distributed = distributed
         self.stats = RidgeStats(layer.rank, layer.out_features, fit_intercept=layer.fit_bias,
                                 device=layer.W_up.device)
 
@@ -327,6 +332,8 @@ class LayerSolver:
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"layer {name!r}: its {what} in batch {batch_index} contain "
                                  f"{int((~torch.isfinite(t)).sum())} NaN or infinite values")
+        if not bool(self.layer.calibrated) and self.distributed:
+            calibrate_from_rank0(self.layer, x)
         if x.shape[0] == 0:
             return
         if not bool(self.layer.calibrated):
@@ -337,6 +344,7 @@ class LayerSolver:
     def solve(self, step: float = 1.0) -> tuple[LayerReport, torch.Tensor, torch.Tensor]:
         """Solve, add ``step`` × the solution to the layer, and return (report, coef, intercept)."""
         stats = self.stats
+        all_reduce_stats(stats, distributed=self.distributed)
         if stats.n_rows == 0:
             raise ValueError(f"layer {self.layer.name!r} received no rows (every position was masked out)")
         scale = lam_scale(stats)
@@ -355,6 +363,34 @@ class LayerSolver:
         report = LayerReport(stats.n_rows, float(sol.lam), lam_rel, rms, r2)
         self.stats = None  # type: ignore[assignment]  # free O((rank + out)²) memory
         return report, sol.coef, sol.intercept
+
+
+def calibrate_from_rank0(layer: PILLoraLinear, x: torch.Tensor) -> None:
+    """Distributed fits: rank 0 calibrates ``layer`` on its rows ``x`` and broadcasts (μ, s) to every rank.
+
+    So the input standardization is the one a single process gets from the first batch of the ranks' batch lists
+    concatenated in rank order. Every rank must call this once per layer (at its first batch, even one with no
+    rows); rank 0's first batch must have rows.
+    """
+    import torch.distributed as dist
+
+    if not layer.standardize:
+        layer.calibrate(x)
+        return
+    rank, _ = rank_and_world(True)
+    packed = torch.zeros(layer.in_features + 2, dtype=torch.float64, device=layer.input_shift.device)
+    if rank == 0 and x.shape[0] > 0:
+        layer.calibrate(x)
+        packed[0] = 1.0
+        packed[1] = layer.input_scale.to(torch.float64)
+        packed[2:] = layer.input_shift.to(torch.float64)
+    dist.broadcast(packed, src=0)
+    if float(packed[0]) != 1.0:
+        raise ValueError(f"layer {layer.name!r}: rank 0's first batch has no rows (every position masked out); a "
+                         "distributed fit calibrates each adapter's input standardization on it")
+    layer.input_scale.fill_(float(packed[1]))
+    layer.input_shift.copy_(packed[2:])
+    layer.calibrated.fill_(True)
 
 
 def adapted_layers(pil_model: PILModel) -> dict[str, PILLoraLinear]:

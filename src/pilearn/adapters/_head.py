@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import all_reduce_stats, check_distributed, union_labels
 from ..solvers import RidgeStats, holdout_scan, lam_scale
 from ._config import DEFAULT_LAM_GRID, _check_nonnegative
 
@@ -46,15 +47,23 @@ class ClosedFormHead(nn.Module):
     once. ``lam="auto"`` picks λ from ``lam_grid`` by generalized cross-validation, or by the error on
     ``valid=(features, labels)`` when given (one Cholesky per candidate, :func:`~pilearn.solvers.holdout_scan`).
 
+    ``distributed=True``: data parallelism under ``torch.distributed`` (gloo on CPU, NCCL on GPU; user shards):
+    each rank passes its own rows (and its own ``valid`` rows) to :meth:`fit`; the classes are the union of every
+    rank's labels and the training and hold-out :class:`~pilearn.solvers.RidgeStats` are summed over the ranks (one
+    all-reduce each) before λ is chosen and the head solved, so every rank holds the head one process fits on all
+    the rows (up to the rounding of the float sums; a distributed fit always solves the primal problem, as one
+    process does once there are more rows than features).
+
     Fitted state: ``coef`` (d, C), ``intercept`` (C,), ``classes`` (C,) the sorted labels, ``lam_`` (relative λ).
     """
 
     def __init__(self, *, lam: float | Literal["auto"] = "auto", lam_grid: Sequence[float] = DEFAULT_LAM_GRID,
-                 fit_intercept: bool = True) -> None:
+                 fit_intercept: bool = True, distributed: bool = False) -> None:
         super().__init__()
         self.lam = lam
         self.lam_grid = tuple(lam_grid)
         self.fit_intercept = fit_intercept
+        self.distributed = distributed
         self.register_buffer("coef", None)
         self.register_buffer("intercept", None)
         self.register_buffer("classes", None)
@@ -65,12 +74,17 @@ class ClosedFormHead(nn.Module):
         if bool((idx >= classes.numel()).any()) or not bool((classes[idx.clamp_max(classes.numel() - 1)] == y).all()):
             raise ValueError("validation labels include classes not seen in training")
         Y = torch.nn.functional.one_hot(idx, classes.numel()).to(F.dtype)
-        return RidgeStats(F.shape[1], classes.numel(), fit_intercept=self.fit_intercept).update(F, Y)
+        stats = RidgeStats(F.shape[1], classes.numel(), fit_intercept=self.fit_intercept)
+        if F.shape[0] > 0:  # a rank of a distributed fit may hold no rows
+            stats.update(F, Y)
+        all_reduce_stats(stats, distributed=self.distributed)
+        return stats
 
     @torch.no_grad()
     def fit(self, features: torch.Tensor, labels: torch.Tensor,
             valid: tuple[torch.Tensor, torch.Tensor] | None = None) -> "ClosedFormHead":
         """Solve the head. features (n, d) float, labels (n,) int; ``valid`` optional held-out pair for λ."""
+        distributed = check_distributed(self.distributed)
         if self.lam != "auto":
             _check_nonnegative("lam", self.lam, ' or "auto"')
         if not self.lam_grid:
@@ -78,6 +92,8 @@ class ClosedFormHead(nn.Module):
         F = _as_features("features", features)
         y = _as_labels("labels", labels, F.shape[0])
         classes = torch.unique(y)
+        if distributed:  # every rank one-hot encodes the same classes: the union over the shards
+            classes = torch.from_numpy(union_labels(classes.cpu().numpy())).to(device=y.device, dtype=y.dtype)
         if classes.numel() < 2:
             raise ValueError(f"labels must hold at least 2 classes, got {classes.tolist()}")
         stats = self._stats(F, y, classes)
@@ -130,8 +146,11 @@ class ClosedFormHead(nn.Module):
 
 
 def fit_head(features: torch.Tensor, labels: torch.Tensor, *, lam: float | Literal["auto"] = "auto",
-             valid: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: object) -> ClosedFormHead:
-    """``ClosedFormHead(lam=lam, **kwargs).fit(features, labels, valid)``: a ridge classifier on frozen features."""
+             valid: tuple[torch.Tensor, torch.Tensor] | None = None, distributed: bool = False,
+             **kwargs: object) -> ClosedFormHead:
+    """``ClosedFormHead(lam=lam, distributed=distributed, **kwargs).fit(features, labels, valid)``: a ridge
+    classifier on frozen features (``distributed``: each rank passes its own rows, see :class:`ClosedFormHead`)."""
     if isinstance(lam, numbers.Real) and not isinstance(lam, bool):
         lam = float(lam)
-    return ClosedFormHead(lam=lam, **kwargs).fit(features, labels, valid)  # type: ignore[arg-type]
+    head = ClosedFormHead(lam=lam, distributed=distributed, **kwargs)  # type: ignore[arg-type]
+    return head.fit(features, labels, valid)

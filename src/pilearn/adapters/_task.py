@@ -40,6 +40,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..distributed import all_reduce_floats, all_reduce_sum_, check_distributed
 from ._fit import (
     FitReport,
     LayerSolver,
@@ -79,11 +80,13 @@ def _check_args(eta: object, mu: object, cg_iters: object, loss: object) -> None
         raise ValueError(f'loss must be "auto", "ce" or "mse", got {loss!r}')
 
 
-def _mean_loss(model: nn.Module, readout: Any, batches: Iterable[Any]) -> float:
+def _mean_loss(model: nn.Module, readout: Any, batches: Iterable[Any], distributed: bool = False) -> float:
+    """The mean loss per row over ``batches`` (with ``distributed``: the loss sum and row count of every rank)."""
     total, count = 0.0, 0
     for batch in batches:
         scores, y = readout.scores(batch, call_model(model, readout.inputs(batch)))
         total, count = total + loss_sum(scores, y, readout.loss_kind), count + scores.shape[0]
+    total, count = all_reduce_floats([total, count], distributed)
     return total / max(count, 1)
 
 
@@ -101,7 +104,8 @@ def step_groups(order: list[str], n_groups: int) -> list[list[str]]:
 
 
 def _step_search(pil_model: PILModel, readout: Any, batches: Iterable[Any], start: dict[str, tuple],
-                 increments: dict[str, tuple], groups: list[list[str]], report: FitReport) -> None:
+                 increments: dict[str, tuple], groups: list[list[str]], report: FitReport,
+                 distributed: bool = False) -> None:
     """Choose the step of every group of adapters (adapter = start + t·cₖ · increment) by the loss on ``batches``.
 
     The adapters each reproduce only part of their targets, and many of them the same change over again, so the
@@ -112,6 +116,9 @@ def _step_search(pil_model: PILModel, readout: Any, batches: Iterable[Any], star
     c = (H + εI)⁻¹g. Then a line search on t (the multiplier of c) over powers of two from t = 1: halved until the
     loss beats t = 0 (at most 12 times), then doubled while it falls, else halved while it falls; t = 0 (no change)
     wins when nothing beats it.
+
+    With ``distributed``, g, H, the loss sums and the row counts are summed over the ranks (one all-reduce for
+    g and H, one per loss evaluated), so every rank takes the same steps.
     """
     layers = pil_model.adapters
     K = len(groups)
@@ -138,6 +145,10 @@ def _step_search(pil_model: PILModel, readout: Any, batches: Iterable[Any], star
         g, H = g + gb, H + Hb
         total, count = total + loss_sum(z0, y, readout.loss_kind), count + z0.shape[0]
         del dzs
+    if distributed:  # g, H, the loss sum and the row count of every rank, in one all-reduce
+        sums = torch.tensor([total, float(count)], dtype=torch.float64)
+        packed = all_reduce_sum_(torch.cat([g, H.reshape(-1), sums]))
+        g, H, total, count = packed[:K], packed[K:K + K * K].view(K, K), float(packed[-2]), float(packed[-1])
     ridge = 1e-9 * float(H.diagonal().abs().max()) + 1e-300
     c = torch.linalg.lstsq(H + ridge * torch.eye(K, dtype=torch.float64), g[:, None]).solution[:, 0]
     losses = {0.0: total / max(count, 1)}
@@ -145,7 +156,7 @@ def _step_search(pil_model: PILModel, readout: Any, batches: Iterable[Any], star
     def loss_at(t: float) -> float:
         if t not in losses:
             set_steps(t * c)
-            losses[t] = _mean_loss(pil_model, readout, batches)
+            losses[t] = _mean_loss(pil_model, readout, batches, distributed)
         return losses[t]
 
     t = 1.0
@@ -181,6 +192,7 @@ def fit_task_residuals(
     n_step_groups: int = 1,
     valid_batches: Iterable[Any] | None = None,
     reset: bool = True,
+    distributed: bool = False,
 ) -> FitReport:
     """Fit every adapter to the output change the task asks for, pulled back to it (math in the module docstring).
 
@@ -214,10 +226,21 @@ def fit_task_residuals(
             Newton step (K + 1 forwards per step-search batch for K groups). 1 and one kind: one global step.
         valid_batches: batches for the step search; default the training batches.
         reset: zero the adapters first (else the new solution adds to them: a further Gauss-Newton-like step).
+        distributed: data parallelism under ``torch.distributed`` (gloo on CPU, NCCL on GPU; user shards): each
+            rank passes its own ``batches`` and ``valid_batches`` (any number, at least one each) and runs its own
+            local passes; every data sum is added over the ranks before it is used, with the same number of
+            collectives on every rank: each layer's :class:`~pilearn.solvers.RidgeStats` (one all-reduce per layer,
+            after its group's pass), the pull-back residuals and their batch count (one per group), and in the step
+            search the Newton terms g, H and the loss sums and row counts (one per loss evaluated). Each adapter's
+            input standardization is measured on rank 0's first batch and broadcast. The result is the fit one
+            process makes on the ranks' batch lists concatenated in rank order (training and step-search batches
+            alike), up to the rounding of the float sums. Model, head and adapters must start identical on every
+            rank.
 
     Returns:
         A :class:`FitReport` (``step``, ``step_losses``, ``loss_before``/``loss_after`` with ``eta="auto"``).
     """
+    distributed = check_distributed(distributed)
     layers = adapted_layers(pil_model)
     batches = check_batches(batches)
     if valid_batches is not None:
@@ -246,10 +269,11 @@ def fit_task_residuals(
         share = 1.0 if eta == "auto" else float(eta)
         with eager_attention(base, any(isinstance(p, AttnPath) for p in paths.values())):
             for group in report.groups:
-                _fit_group(pil_model, readout, batches, group, layers, paths, share, cfg, report, increments)
+                _fit_group(pil_model, readout, batches, group, layers, paths, share, cfg, report, increments,
+                           distributed)
         if eta == "auto":
             _step_search(pil_model, readout, batches if valid_batches is None else valid_batches, start, increments,
-                         step_groups(order, n_step_groups), report)
+                         step_groups(order, n_step_groups), report, distributed)
     report.seconds = timer.seconds
     logger.info("fit_task_residuals: %d layers, %d passes, step %s, %.1f s", len(order), report.n_passes,
                 report.step, report.seconds)
@@ -258,8 +282,8 @@ def fit_task_residuals(
 
 def _fit_group(pil_model: PILModel, readout: Any, batches: Iterable[Any], group: list[str],
                layers: dict[str, PILLoraLinear], paths: dict[str, Any], share: float, cfg: Any, report: FitReport,
-               increments: dict[str, tuple]) -> None:
-    solvers = {n: LayerSolver(layers[n], cfg.lam, cfg.lam_grid) for n in group}
+               increments: dict[str, tuple], distributed: bool = False) -> None:
+    solvers = {n: LayerSolver(layers[n], cfg.lam, cfg.lam_grid, distributed) for n in group}
     residuals: dict[str, list[float]] = {n: [] for n in group}
     for index, batch in enumerate(batches):
         inputs = readout.inputs(batch)
@@ -281,9 +305,12 @@ def _fit_group(pil_model: PILModel, readout: Any, batches: Iterable[Any], group:
             solvers[n].update(select_rows(x, mask), select_rows(target, mask), index)
         del rec, output, dh
     report.n_passes += 1
-    for n in group:
+    # each layer's summed pull-back residual and batch count (of every rank: one all-reduce for the group)
+    sums = all_reduce_floats([v for n in group for v in (sum(residuals[n]), len(residuals[n]))], distributed)
+    for i, n in enumerate(group):
         rep, coef, intercept = solvers[n].solve()
-        if residuals[n]:
-            rep.pushback_residual = sum(residuals[n]) / len(residuals[n])
+        total, count = sums[2 * i], sums[2 * i + 1]
+        if count:
+            rep.pushback_residual = total / count
         report.layers[n] = rep
         increments[n] = (coef, intercept if layers[n].fit_bias else None)
