@@ -18,6 +18,13 @@ intercept: a free intercept is not part of these parameterizations) and solved o
   head regresses the targets onto the features of a frozen body: the body's output is X.
 * NOLA with A fixed (:func:`fit_nola_layer`): ΔW = s·B A with B = Σⱼ bⱼ Bⱼ is linear in b, with
   Wⱼ = s·Bⱼ A; the regression target is the residual R = desired output − base layer output.
+
+``distributed=True`` (every function here; data parallelism under ``torch.distributed``, gloo on CPU or NCCL on
+GPU; user shards): each rank passes its own rows of X and Y (or R), any number including none, and the statistics
+HᵀH, Hᵀt (one :class:`~pilearn.solvers.RidgeStats`) are summed over the ranks (one all-reduce) before the solve,
+so every rank gets the α of all the rows, as one process fitting their concatenation would (up to the rounding
+of the float sums; a distributed fit always solves the primal system, as one process does once N·d_out > k).
+The bases (seeded) and the module must be the same on every rank.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numbers
 import torch
 from torch import nn
 
+from ..distributed import all_reduce_stats, check_distributed
 from ..solvers import RidgeStats
 from ._nola import NOLALinear
 from ._pranc import PRANC
@@ -74,6 +82,7 @@ def fit_linear_coefficients(
     weight0: torch.Tensor | None = None,
     bias0: torch.Tensor | None = None,
     batch_size: int | None = None,
+    distributed: bool = False,
 ) -> torch.Tensor:
     """Ridge coefficients α of y = x(W₀ + Σⱼ αⱼWⱼ)ᵀ + b₀ + Σⱼ αⱼbⱼ for fixed inputs (see the module docstring).
 
@@ -87,6 +96,8 @@ def fit_linear_coefficients(
         bias0: (d_out,) fixed offset b₀, or None for 0.
         batch_size: samples per :meth:`RidgeStats.update` (each adds batch·d_out rows of H); default keeps a
             batch of H near 4M entries.
+        distributed: each rank passes its own rows; HᵀH and Hᵀt are summed over the ranks before the solve
+            (see the module docstring).
 
     Returns:
         α (k,) float64: the solution of (HᵀH + λI)α = Hᵀt.
@@ -95,6 +106,7 @@ def fit_linear_coefficients(
         shape = tuple(weight_basis.shape) if isinstance(weight_basis, torch.Tensor) else type(weight_basis).__name__
         raise ValueError(f"weight_basis must be a (k, d_out, d_in) tensor, got {shape}")
     k, d_out, d_in = weight_basis.shape
+    distributed = check_distributed(distributed)
     lam = _check_lam(lam)
     X = _check_matrix("X", X, d_in, "d_in of weight_basis")
     Y = _check_matrix("Y", Y, d_out, "d_out of weight_basis")
@@ -121,11 +133,12 @@ def fit_linear_coefficients(
         if bias0 is not None:
             t = t - bias0.to(dtype)
         stats.update(H.reshape(-1, k), t.reshape(-1, 1))
+    all_reduce_stats(stats, distributed=distributed)
     return stats.solve(lam).coef[:, 0]
 
 
 def solve_pranc_head(pranc: PRANC, X: torch.Tensor, Y: torch.Tensor, lam: float, *,
-                     batch_size: int | None = None) -> torch.Tensor:
+                     batch_size: int | None = None, distributed: bool = False) -> torch.Tensor:
     """Set the coefficients of a PRANC-parameterized linear head by ridge regression; return α.
 
     ``pranc`` wraps an ``nn.Linear`` (d_in → d_out), so θ = [vec W, b] = Σⱼ αⱼ θ̂ⱼ and the head's output is
@@ -135,7 +148,10 @@ def solve_pranc_head(pranc: PRANC, X: torch.Tensor, Y: torch.Tensor, lam: float,
         H[(n, o), j] = (xₙ Wⱼᵀ + bⱼ)_o,    (HᵀH + λI) α = Hᵀ vec(Y).
 
     ``pranc.alpha`` is overwritten in place. Memory: the k basis networks of the head, k·(d_in+1)·d_out numbers.
+    ``distributed``: each rank passes its own rows of X and Y; the statistics are summed over the ranks before the
+    solve (see the module docstring).
     """
+    check_distributed(distributed)
     if not isinstance(pranc, PRANC):
         raise TypeError(f"pranc must be a PRANC wrapper, got {type(pranc).__name__}")
     layer = pranc.module
@@ -151,14 +167,14 @@ def solve_pranc_head(pranc: PRANC, X: torch.Tensor, Y: torch.Tensor, lam: float,
     weight_basis = nets[:, : d_out * d_in].reshape(k, d_out, d_in)
     bias_basis = nets[:, d_out * d_in :] if len(names) == 2 else None
     alpha = fit_linear_coefficients(weight_basis, X.to(nets.device), Y.to(nets.device), lam,
-                                    bias_basis=bias_basis, batch_size=batch_size)
+                                    bias_basis=bias_basis, batch_size=batch_size, distributed=distributed)
     with torch.no_grad():
         pranc.alpha.copy_(alpha)
     return pranc.alpha
 
 
 def fit_nola_layer(layer: NOLALinear, X: torch.Tensor, R: torch.Tensor, lam: float, *,
-                   batch_size: int | None = None) -> torch.Tensor:
+                   batch_size: int | None = None, distributed: bool = False) -> torch.Tensor:
     """Set a NOLA layer's B-coefficients b by ridge regression, A fixed at its current coefficients; return b.
 
     With zₙ = A xₙ (r,) and s = α/r, the delta is Δ(xₙ) = s·B zₙ = Σⱼ bⱼ · s·Bⱼ zₙ, linear in b:
@@ -174,7 +190,10 @@ def fit_nola_layer(layer: NOLALinear, X: torch.Tensor, R: torch.Tensor, lam: flo
         R: (N, out_features) residual targets.
         lam: λ ≥ 0.
         batch_size: samples per update (default: about 4M entries of H per batch).
+        distributed: each rank passes its own rows of X and R; the statistics are summed over the ranks before
+            the solve (see the module docstring). A fixed, the layer must be the same on every rank.
     """
+    check_distributed(distributed)
     if not isinstance(layer, NOLALinear):
         raise TypeError(f"layer must be a NOLALinear, got {type(layer).__name__}")
     if layer.merged:
@@ -187,7 +206,8 @@ def fit_nola_layer(layer: NOLALinear, X: torch.Tensor, R: torch.Tensor, lam: flo
         dtype = torch.promote_types(X.dtype, A.dtype)
         Z = X.to(device=A.device, dtype=dtype) @ A.T.to(dtype)  # (N, r)
         weight_basis = layer.scaling * layer.b_basis()  # (k_B, out, r)
-    b = fit_linear_coefficients(weight_basis, Z, R.to(Z.device), lam, batch_size=batch_size)
+    b = fit_linear_coefficients(weight_basis, Z, R.to(Z.device), lam, batch_size=batch_size,
+                                distributed=distributed)
     with torch.no_grad():
         layer.nola_b.copy_(b)
     return layer.nola_b
