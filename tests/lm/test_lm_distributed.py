@@ -1,9 +1,10 @@
 """PIL-LM with ``PILFitConfig(distributed=True)`` (user shards): 2 gloo ranks equal one process on their segments.
 
 Rank r passes its own training and held-out segments; the oracle is the one-process fit on the list of both ranks'
-segments (rank order). One spawn fits both configurations (a spawn costs seconds). The embeddings are bit-identical (integer counts); the
-float32 weights agree to within one float32 ulp of each tensor's largest entry (measured: 1.3e-9 relative), the
-log-probabilities to 1e-6 (measured: identical), the calibration choice and every λ exactly.
+segments (rank order). One spawn fits both configurations (a spawn costs seconds). The embeddings are
+bit-identical (integer counts); the float32 weights agree to within one float32 ulp of each tensor's largest entry
+(measured: 1.3e-9 relative), the log-probabilities to 1e-6 (measured: identical), the calibration choice and
+every λ exactly.
 """
 
 import numpy as np
