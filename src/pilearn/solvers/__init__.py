@@ -7,6 +7,7 @@ from ._gram import gram_update_, symmetrize
 from ._linalg import MAX_CONDITION, IllConditionedWarning, spd_solve
 from ._ridge import RidgePath, RidgeSolution, RidgeStats
 from ._select import DEFAULT_HOLDOUT_GRID, holdout_scan, lam_scale
+from ._stream import array_batches, fit_stream, load_checkpoint
 
 __all__ = [
     "RidgeStats",
@@ -20,4 +21,7 @@ __all__ = [
     "DEFAULT_HOLDOUT_GRID",
     "holdout_scan",
     "lam_scale",
+    "array_batches",
+    "fit_stream",
+    "load_checkpoint",
 ]

@@ -46,5 +46,12 @@ def gram_update_(G: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
 
 
 def symmetrize(G_lower: torch.Tensor) -> torch.Tensor:
-    """Full symmetric matrix from a lower-triangle accumulator (a new tensor)."""
-    return G_lower + G_lower.tril(-1).T
+    """Full symmetric matrix from a lower-triangle accumulator (a new tensor).
+
+    The zeros above the diagonal make ``G + Gᵀ`` the full matrix off the diagonal (each entry is one
+    stored value plus an exact zero); the diagonal, counted twice there, is copied back. One d × d
+    allocation, where ``G + G.tril(-1).T`` needs a second for the strict triangle.
+    """
+    out = G_lower + G_lower.T
+    out.diagonal().copy_(G_lower.diagonal())
+    return out

@@ -25,6 +25,7 @@ from ._linalg import spd_solve
 __all__ = ["RidgeStats", "RidgeSolution", "RidgePath"]
 
 _F64 = torch.float64
+_ACCUMULATE_DTYPES = (torch.float64, torch.float32)
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,15 @@ class RidgeStats:
     so G = HᵀDH, C = HᵀDY, the weighted column sums of H and Y, the per-column ‖Y‖² and the
     total weight n all come from one symmetric rank-k update (BLAS ``syrk``) per batch: the
     cross-products and sums cost (d+k+1)²/d² − 1 ≈ 2k/d extra instead of separate passes over H.
-    Memory is O((d + k)²), independent of the number of rows streamed. Features may be float32;
-    they are accumulated and solved in float64 (the precision policy).
+    Memory is O((d + k)²), independent of the number of rows streamed.
+
+    Precision policy: M is float64 and every solve is float64. Features may be float32; by default
+    (``accumulate_dtype=torch.float64``) each batch is cast to float64 and its Gram formed by
+    ``dsyrk``. With ``accumulate_dtype=torch.float32`` each batch's Gram is formed in float32
+    (``ssyrk`` on the CPU, about twice as fast; a float32 matmul on CUDA, which uses TF32 tensor
+    cores when ``torch.backends.cuda.matmul.allow_tf32`` is set) and added into the float64 M, so
+    rounding error is that of one batch (≈ ε₃₂·√batch relative to the Gram's entries) and does not
+    grow with the number of batches. It costs a (d+k+1)² float32 buffer more.
 
     While no more rows than features have been seen, the rows themselves are kept instead of M
     (``dual=True``), and :meth:`solve` uses the dual form W = H̃ᵀ(H̃H̃ᵀ + λI)⁻¹Ỹ (n × n); the
@@ -116,6 +124,8 @@ class RidgeStats:
         fit_intercept: centre H and Y by their weighted means and fit an unpenalized intercept.
         dual: keep rows while n ≤ d to solve the dual problem.
         device: where the statistics live (``"cuda"`` for GPU fits; reduce with NCCL there).
+        accumulate_dtype: ``torch.float64`` (default) or ``torch.float32``, the dtype in which each
+            batch's Gram is formed (see the precision policy above); M and solves stay float64.
 
     Example:
         >>> stats = RidgeStats(64, 3)
@@ -125,6 +135,10 @@ class RidgeStats:
         >>> Y_hat = H @ sol.coef + sol.intercept   # doctest: +SKIP
     """
 
+    # class-level defaults: statistics pickled before these attributes existed unpickle as float64 accumulators
+    accumulate_dtype: torch.dtype = _F64
+    _partial: torch.Tensor | None = None
+
     def __init__(
         self,
         n_features: int,
@@ -133,10 +147,14 @@ class RidgeStats:
         fit_intercept: bool = True,
         dual: bool = True,
         device: str | torch.device | None = None,
+        accumulate_dtype: torch.dtype = torch.float64,
     ) -> None:
         for name, v in (("n_features", n_features), ("n_targets", n_targets)):
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if accumulate_dtype not in _ACCUMULATE_DTYPES:
+            raise ValueError(f"accumulate_dtype must be torch.float64 or torch.float32, got {accumulate_dtype!r}")
+        self.accumulate_dtype = accumulate_dtype
         self.n_features = int(n_features)
         self.n_targets = int(n_targets)
         self.fit_intercept = bool(fit_intercept)
@@ -147,10 +165,12 @@ class RidgeStats:
         # rows kept for the dual form: (H, Y, w) in float64, or None once M holds them
         self._rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = [] if dual else None
         self._work: torch.Tensor | None = None  # batch workspace of _augmented; see release_workspace
+        self._partial: torch.Tensor | None = None  # one batch's float32 Gram (accumulate_dtype=float32)
 
     def release_workspace(self) -> None:
-        """Free the batch-sized buffer that :meth:`update` reuses between batches."""
+        """Free the buffers that :meth:`update` reuses between batches."""
         self._work = None
+        self._partial = None
 
     # ------------------------------------------------------------------ views of M
     @property
@@ -216,7 +236,7 @@ class RidgeStats:
         """Add a batch.
 
         Args:
-            H: (n, d) features (any float dtype; accumulated in float64).
+            H: (n, d) features (any float dtype; accumulated in ``accumulate_dtype``).
             Y: (n, k) or (n,) targets.
             sample_weight: (n,) non-negative finite weights, or None for ones.
             check_finite: reject NaN/Inf in H and Y before they touch the statistics. A caller whose
@@ -260,14 +280,14 @@ class RidgeStats:
         return w
 
     def _augmented(self, H: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
-        """The rows [h, y, 1]·√w in float64: (n, d + k + 1)."""
+        """The rows [h, y, 1]·√w in ``accumulate_dtype``: (n, d + k + 1)."""
         d, k = self.n_features, self.n_targets
         n = H.shape[0]
-        # one workspace reused across batches: a fresh n × D float64 buffer per batch costs page faults
+        # one workspace reused across batches: a fresh n × D buffer per batch costs page faults
         if self._work is None or self._work.shape[0] < n:
-            self._work = torch.empty(n, d + k + 1, dtype=_F64, device=self.device)
+            self._work = torch.empty(n, d + k + 1, dtype=self.accumulate_dtype, device=self.device)
         A = self._work[:n]
-        A[:, :d] = H  # the float32 → float64 cast happens in this copy
+        A[:, :d] = H  # the float32 → float64 cast (default policy) happens in this copy
         A[:, d : d + k] = Y
         A[:, -1] = 1.0
         if w is not None:
@@ -277,7 +297,12 @@ class RidgeStats:
     def _accumulate(self, H: torch.Tensor, Y: torch.Tensor, w: torch.Tensor | None, sign: float) -> None:
         """M += sign · AᵀA (lower triangle) for the augmented rows A."""
         A = self._augmented(H, Y, w)
-        if sign > 0:
+        if self.accumulate_dtype != _F64:  # this batch's Gram in float32, summed into M in float64
+            if self._partial is None:
+                self._partial = torch.zeros_like(self.M, dtype=self.accumulate_dtype)
+            P = gram_update_(self._partial.zero_(), A)
+            self.M.add_(P, alpha=sign)
+        elif sign > 0:
             gram_update_(self.M, A)
         else:
             self.M -= gram_update_(torch.zeros_like(self.M), A)
@@ -309,7 +334,7 @@ class RidgeStats:
     def copy(self) -> "RidgeStats":
         """A deep copy."""
         out = RidgeStats(self.n_features, self.n_targets, fit_intercept=self.fit_intercept, dual=False,
-                         device=self.device)
+                         device=self.device, accumulate_dtype=self.accumulate_dtype)
         out.M.copy_(self.M)
         out.n_rows = self.n_rows
         out._rows = None if self._rows is None else list(self._rows)
@@ -353,7 +378,7 @@ class RidgeStats:
     def downdate(self, H: torch.Tensor, Y: torch.Tensor, sample_weight: torch.Tensor | None = None) -> "RidgeStats":
         """Remove a batch that was added with :meth:`update` (same rows, same weights)."""
         removed = RidgeStats(self.n_features, self.n_targets, fit_intercept=self.fit_intercept, dual=False,
-                             device=self.device)
+                             device=self.device, accumulate_dtype=self.accumulate_dtype)
         removed.update(H, Y, sample_weight)
         return self.__isub__(removed)
 
@@ -384,7 +409,8 @@ class RidgeStats:
         t = self._check_index("targets", targets, D)
         if np.intersect1d(f.numpy(), t.numpy()).size:
             raise ValueError("features and targets must be disjoint sets of columns")
-        out = RidgeStats(f.numel(), t.numel(), fit_intercept=self.fit_intercept, dual=False, device=self.device)
+        out = RidgeStats(f.numel(), t.numel(), fit_intercept=self.fit_intercept, dual=False, device=self.device,
+                         accumulate_dtype=self.accumulate_dtype)
         full = torch.cat([f, t, torch.tensor([D])]).to(self.device)
         sub = self._folded_M()[full][:, full]  # a lower triangle, permuted: one of (a, b), (b, a) is zero
         sym = sub + sub.T
@@ -444,7 +470,7 @@ class RidgeStats:
         yy = yy.clone()
         if self.fit_intercept:
             h_mean, y_mean = h_sum / n, y_sum / n
-            G -= n * torch.outer(h_mean, h_mean)
+            G -= torch.outer(h_mean, h_mean).mul_(n)  # = n · h̄h̄ᵀ with one d × d temporary, not two
             C -= n * torch.outer(h_mean, y_mean)
             yy -= n * y_mean * y_mean
         return G, C, yy
@@ -682,5 +708,6 @@ class RidgeStats:
         return stats
 
     def __repr__(self) -> str:
+        extra = "" if self.accumulate_dtype == _F64 else f", accumulate_dtype={self.accumulate_dtype}"
         return (f"RidgeStats(n_features={self.n_features}, n_targets={self.n_targets}, "
-                f"n_rows={self.n_rows}, fit_intercept={self.fit_intercept}, device={str(self.device)!r})")
+                f"n_rows={self.n_rows}, fit_intercept={self.fit_intercept}, device={str(self.device)!r}{extra})")
