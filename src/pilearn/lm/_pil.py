@@ -349,7 +349,8 @@ def fit_pil(model: PILLM, train_ids: np.ndarray | Sequence[np.ndarray], *,
         model: the transformer to fit, in place.
         train_ids: the training token stream (1-D ints), or a list of segments (documents, each 1-D): each
             segment is counted and cut into windows on its own, so no co-occurrence pair and no window straddles
-            two segments. A single stream is the one-segment list.
+            two segments. A single stream is the one-segment list. Each segment needs ``2·block_size + 2`` tokens
+            when ``valid_ids`` is None, else ``block_size + 1`` (one window).
         valid_ids: held-out stream, or list of segments, on which the head's calibration (α or temperature) is
             chosen; each segment is scored on its own and the log-likelihoods of all of them are pooled. When
             None, the tail of every training segment (2 %, at least ``block_size + 1`` tokens) is held out.
