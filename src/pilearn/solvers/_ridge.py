@@ -671,9 +671,14 @@ class RidgeStats:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors that fully describe the statistics (kept rows are folded into M first)."""
+        return self._state(clone=True)
+
+    def _state(self, clone: bool) -> dict[str, torch.Tensor]:
+        """:meth:`state_dict`, with M itself instead of a copy when ``clone`` is False (a checkpoint writer that
+        must not hold a second d × d matrix)."""
         self._flush_rows()
         return {
-            "M": self.M.clone(),
+            "M": self.M.clone() if clone else self.M,
             "n_rows": torch.tensor(self.n_rows, dtype=torch.int64),
             "shape": torch.tensor([self.n_features, self.n_targets], dtype=torch.int64),
             "fit_intercept": torch.tensor(self.fit_intercept),

@@ -154,7 +154,7 @@ def _save(path: Path, stats: RidgeStats, batches_done: int, meta: dict[str, str]
     (atomic on POSIX): a crash leaves either the previous checkpoint or the new one, never half of one."""
     from safetensors.torch import save_file
 
-    state = stats.state_dict()  # folds any kept rows into M
+    state = stats._state(clone=False)  # stats.state_dict() without its copy of M; folds any kept rows into M
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     tensors["batches_done"] = torch.tensor(batches_done, dtype=torch.int64)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
