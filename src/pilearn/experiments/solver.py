@@ -21,10 +21,15 @@ Row groups (``--only``):
 * ``precision``: float32 Gram accumulation (``RidgeStats(accumulate_dtype=torch.float32)``; on CUDA also with
   TF32) against float64 on the same features: relative error of W and of test-set predictions, and time.
 
-Runtime of ``--scale small`` (N ∈ {6,000, 60,000} × d ∈ {1,024 … 8,192}, N = 600,000 at d = 1,024), from flops: the
-Grams total T = Σ N·d² ≈ 6.5·10¹² flops, the floor group forms each three times (syrk; H.T @ H and GEMM at 2× the
-flops), the fits ≈ 1.2 T plus 2·784·d·N float32 feature flops. At 15–30 GFLOP/s for dsyrk and a GEMM rate of the same
-order: ≈ 45–22 min on a quiet 2-core machine (the floor group about 60 % of it).
+Runtime of ``--scale small`` (N ∈ {6,000, 60,000} × d ∈ {1,024 … 8,192}, and N = 600,000 at d = 1,024), from flops:
+the Grams total T = Σ N·d² ≈ 6.5·10¹². The floor group forms each Gram three times (syrk: T; ``H.T @ H`` and the
+GEMM: 2T each), the fits ≈ 1.2 T plus 2.6·10¹² float32 feature flops, the precision group 1.5·10¹² more. At R = 15–30
+GFLOP/s for both dsyrk and dgemm that is ≈ 50–25 min on a quiet 2-core machine, about 70 % of it in the floor group;
+≈ 10 min if dsyrk runs at the ≈ 80 GFLOP/s that ``_gram.py``'s 16,384 × 4,096 figure implies. Each fit also pays
+≈ 4 s of process start-up. ``--only fit flat precision`` skips the floor (the ratios then read "—").
+
+``--scale full`` adds d = 16,384 and is meant for ``--device cuda``: floors are torch Grams (``gram_update_`` is a
+matmul there), batches are staged in pinned memory, the precision group adds a TF32 arm.
 """
 
 from __future__ import annotations
