@@ -339,7 +339,7 @@ def _lora_lm(cfg: LoraBenchConfig, base: nn.Module, corpus: str, train: list, va
                         matched[t] = (step, _trainable(model))
                 if step % cfg.lora_eval_every == 0:
                     v = perplexity(model, valid)
-                    curve.append({"step": step, "seconds": seconds, "valid_ppl": v, "train_loss": float(loss)})
+                    curve.append({"step": step, "seconds": seconds, "valid_ppl": v, "train_loss": float(loss.detach())})
                     _progress(f"lm {corpus}: LoRA step {step}, {seconds:.0f} s, valid PPL {v:.3f}")
                     if v < best[0]:
                         best, since_best = (v, step, seconds, _trainable(model)), 0
