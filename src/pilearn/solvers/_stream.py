@@ -275,6 +275,7 @@ def fit_stream(
                             f"{type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list))
                                                           else ""))
         stats.update(*batch, check_finite=check_finite)
+        del batch  # release this batch before the stream builds the next: one batch alive at a time, not two
         count += 1
         if path is not None and count - saved_at >= every:
             _save(path, stats, count, meta)
