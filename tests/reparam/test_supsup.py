@@ -3,6 +3,7 @@ isolation between tasks, bit-packed checkpoints, entropy-gradient task inference
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -233,7 +234,7 @@ def test_entropy_gradient_matches_finite_differences(generator):
     torch.testing.assert_close(grad, fd, rtol=1e-5, atol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["one_shot", "binary"])
+@pytest.mark.parametrize("method", ["one_shot", "binary", "min_entropy"])
 def test_infer_task_identifies_the_task_of_each_batch(three_tasks, method):
     model, test = three_tasks
     for t, (x, y) in enumerate(test):
@@ -245,6 +246,19 @@ def test_infer_task_identifies_the_task_of_each_batch(three_tasks, method):
     assert model.task == 2  # the task mode is restored
     assert infer_task(model, test[1][0][:64], method, n_learned=1) == 0
     assert infer_task(model, test[1][0][:64], method, n_learned=2) == 1
+
+
+def test_min_entropy_is_the_argmin_of_each_masks_entropy(three_tasks):
+    from pilearn.reparam._supsup import _mean_entropy
+
+    model, test = three_tasks
+    x = torch.cat([test[0][0][:20], test[2][0][:20]])  # a mixed batch: no task is obvious
+    with torch.no_grad():
+        entropies = [float(_mean_entropy(model.set_task(i)(x))) for i in range(3)]
+    model.set_task(1)
+    assert infer_task(model, x, "min_entropy") == int(np.argmin(entropies))
+    assert infer_task(model, x, "min_entropy", n_learned=2) == int(np.argmin(entropies[:2]))
+    assert model.task == 1
 
 
 # ------------------------------------------------------------------------------------------ Hopfield storage

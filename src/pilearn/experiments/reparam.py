@@ -569,7 +569,7 @@ def _supsup_rows(cfg: ReparamConfig, data: _MNIST, add: Callable[..., None], res
                "train_seconds": sum(r["train_seconds"] for r in tasks[:n]), "peak_mb": mem.peak_mb,
                "bits_per_task": bits_per_task, "stored_bits": 64 + n * bits_per_task,
                "steps_per_task": tasks[0]["steps"]}
-        for method in ("one_shot", "binary"):
+        for method in ("one_shot", "binary", "min_entropy"):
             row.update(_infer(cfg, model, Xt, perms, n, method))
         model.clear_mask_cache()
         add("supsup", f"SupSup {'-'.join(map(str, cfg.supsup_sizes))}, {n} tasks", "SupSup", row)
@@ -817,6 +817,7 @@ def _pct(v: float | None) -> float | None:
 def _display(rows: list[dict]) -> list[dict]:
     return [{**r, "acc_pct": _pct(r.get("accuracy")), "val_pct": _pct(r.get("val_accuracy")),
              "one_shot_pct": _pct(r.get("infer_one_shot_accuracy")), "binary_pct": _pct(r.get("infer_binary_accuracy")),
+             "min_entropy_pct": _pct(r.get("infer_min_entropy_accuracy")),
              "stored_fmt": f"{r['n_stored']:,}" if r.get("n_stored") is not None else None,
              "adapter_fmt": f"{r['stored_adapter']:,}" if r.get("stored_adapter") is not None else None,
              "tasks_fmt": " / ".join(f"{100 * a:.2f}" for a in r.get("task_accuracies", [])) or None}
@@ -832,6 +833,7 @@ COLUMNS = {
                     ("lam_rel", "λ (rel.)")],
     "supsup": [("method", "method"), ("acc_pct", "avg acc % (task given)"), ("tasks_fmt", "per task %"),
                ("one_shot_pct", "task inference % (one-shot)"), ("binary_pct", "task inference % (binary)"),
+               ("min_entropy_pct", "task inference % (min-entropy, k passes)"),
                ("bits_per_task", "bits per task"), ("train_seconds", "train s"),
                ("infer_one_shot_seconds", "one-shot infer s"), ("peak_mb", "peak MB")],
     "nola": [("method", "method"), ("adapter_fmt", "stored adapter numbers"), ("stored_fmt", "stored incl. head"),

@@ -475,7 +475,7 @@ def _entropy_grad(model: SupSupNet, x: torch.Tensor, alphas: torch.Tensor) -> to
 def infer_task(
     model: SupSupNet,
     x: torch.Tensor,
-    method: Literal["one_shot", "binary"] = "one_shot",
+    method: Literal["one_shot", "binary", "min_entropy"] = "one_shot",
     *,
     n_learned: int | None = None,
 ) -> int:
@@ -483,12 +483,16 @@ def infer_task(
 
     One-shot: α_i = 1/k for the k learned tasks, H = mean per-example entropy of softmax(f(x; W ⊙ Σ α_i M_i)),
     task = argmax_i (−∂H/∂α_i). Binary: start from all k candidates; repeat "α uniform on the candidates, keep
-    those with ∂H/∂α_i <= the (lower) median" until one remains (≈ log2 k gradient evaluations).
+    those with ∂H/∂α_i <= the (lower) median" until one remains (≈ log2 k gradient evaluations). Min-entropy (the
+    exact search the gradient approximates, not the paper's rule): task = argmin_i H(softmax(f(x; W ⊙ M_i))), k
+    forward passes and no gradient. The gradient rules read the task off the superposed network; when that network's
+    output is close to uniform (e.g. many masks of one wide net superposed), its entropy gradient carries little task
+    signal and they fail while min-entropy does not (``pilearn bench reparam`` measures all three).
 
     Args:
         model: a :class:`SupSupNet`; its task mode is restored afterwards.
         x: a batch from one task, shaped as ``model`` expects (e.g. (N, 784)); the paper uses N = 128.
-        method: ``"one_shot"`` or ``"binary"``.
+        method: ``"one_shot"``, ``"binary"`` or ``"min_entropy"``.
         n_learned: the candidates are tasks 0..n_learned-1 (default: all ``model.n_tasks``).
 
     Returns:
@@ -496,8 +500,8 @@ def infer_task(
     """
     if not isinstance(model, SupSupNet):
         raise TypeError(f"model must be a SupSupNet, got {type(model).__name__}")
-    if method not in ("one_shot", "binary"):
-        raise ValueError(f"method must be 'one_shot' or 'binary', got {method!r}")
+    if method not in ("one_shot", "binary", "min_entropy"):
+        raise ValueError(f"method must be 'one_shot', 'binary' or 'min_entropy', got {method!r}")
     k = model.n_tasks if n_learned is None else _check_int(n_learned, "n_learned", 1)
     if k > model.n_tasks:
         raise ValueError(f"n_learned must be <= n_tasks={model.n_tasks}, got {n_learned!r}")
@@ -506,6 +510,13 @@ def infer_task(
     previous_task, previous_alphas = model.task, model.alphas
     device = model.masked_layers()[0][1].weight.device
     try:
+        if method == "min_entropy":
+            with torch.no_grad():
+                entropies = []
+                for i in range(k):
+                    model.set_task(i)
+                    entropies.append(float(_mean_entropy(model(x))))
+            return int(np.argmin(entropies))
         candidates = torch.arange(model.n_tasks, device=device) < k
         while True:
             alphas = candidates.to(torch.float32) / candidates.sum()
