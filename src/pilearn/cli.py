@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--scale", choices=("smoke", "small", "full"), default="small",
                    help="smoke: seconds (CI-sized); small: a few CPU minutes (default); full: a GPU")
     b.add_argument("--out", type=Path, default=None, help="output folder (default runs/<suite>-<time>/)")
-    b.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    b.add_argument("--device", default=None,
+                   help="torch device, e.g. cpu or cuda (default: the scale's, cpu except where a full scale says cuda)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--datasets", nargs="+", default=None, help="override the suite's datasets")
     b.add_argument("--only", nargs="+", default=None, metavar="GROUP",
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _ablate(args, command)
     if args.command == "eval":
         return _eval(args, command)
-    if args.device.startswith("cuda"):
+    if args.device is not None and args.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
@@ -71,7 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     suites = [args.suite] if args.suite else sorted(SUITES)
     for name in suites:
         make_config, run = SUITES[name]
-        overrides = {"device": args.device, "seed": args.seed}
+        overrides = {"seed": args.seed}
+        if args.device is not None:
+            overrides["device"] = args.device
         if args.out is not None:
             overrides["out"] = args.out if len(suites) == 1 else args.out / name
         if args.datasets:

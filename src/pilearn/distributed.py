@@ -25,8 +25,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-__all__ = ["is_active", "check_distributed", "rank_and_world", "owns_batch", "all_reduce_sum_", "all_reduce_stats",
-           "all_reduce_floats", "union_labels"]
+__all__ = ["is_active", "check_distributed", "rank_and_world", "owns_batch", "collective_device", "all_reduce_sum_",
+           "all_reduce_stats", "all_reduce_floats", "all_agree", "union_labels"]
 
 
 def is_active() -> bool:
@@ -61,12 +61,32 @@ def owns_batch(batch_index: int, distributed: bool) -> bool:
     return batch_index % world == rank
 
 
+def collective_device(t: torch.Tensor) -> torch.device:
+    """Where a collective on ``t`` can run: its own device, or the current CUDA device when ``t`` is on the CPU and
+    the default group has no CPU backend (plain ``"nccl"``)."""
+    import torch.distributed as dist
+
+    if t.device.type == "cpu" and "gloo" not in str(dist.get_backend()) and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
+
+
 def all_reduce_sum_(t: torch.Tensor, distributed: bool = True) -> torch.Tensor:
-    """Sum ``t`` over the ranks in place (a no-op when not ``distributed``); returns ``t``."""
+    """Sum ``t`` over the ranks in place (a no-op when not ``distributed``); returns ``t``.
+
+    Works with any backend: a CPU tensor under a NCCL-only group is reduced through a copy on the current CUDA
+    device (the statistics and small sums pilearn keeps on the CPU), so ``init_process_group("nccl")`` suffices.
+    """
     if distributed:
         import torch.distributed as dist
 
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        dev = collective_device(t)
+        if dev == t.device:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        else:
+            staged = t.to(dev)
+            dist.all_reduce(staged, op=dist.ReduceOp.SUM)
+            t.copy_(staged)
     return t
 
 
@@ -85,6 +105,19 @@ def all_reduce_floats(values: Iterable[float], distributed: bool = True) -> list
     t = torch.tensor(values, dtype=torch.float64)
     all_reduce_sum_(t)
     return t.tolist()
+
+
+def all_agree(value: bool, name: str, distributed: bool = True) -> bool:
+    """Raise the same ValueError on every rank unless every rank passed the same ``value`` (a flag that decides
+    which collectives follow; ranks that disagree would otherwise wait on each other forever)."""
+    if not distributed:
+        return value
+    t = torch.tensor([float(bool(value)), 1.0], dtype=torch.float64)
+    all_reduce_sum_(t)
+    if t[0] not in (0.0, t[1]):
+        raise ValueError(f"{name} must be the same on every rank of a distributed fit; {int(t[0])} of {int(t[1])} "
+                         "ranks passed it")
+    return value
 
 
 def union_labels(labels: np.ndarray, distributed: bool = True) -> np.ndarray:

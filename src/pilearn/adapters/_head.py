@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..distributed import all_reduce_stats, check_distributed, union_labels
+from ..distributed import all_agree, all_reduce_stats, check_distributed, union_labels
 from ..solvers import RidgeStats, holdout_scan, lam_scale
 from ._config import DEFAULT_LAM_GRID, _check_nonnegative
 
@@ -96,6 +96,7 @@ class ClosedFormHead(nn.Module):
             classes = torch.from_numpy(union_labels(classes.cpu().numpy())).to(device=y.device, dtype=y.dtype)
         if classes.numel() < 2:
             raise ValueError(f"labels must hold at least 2 classes, got {classes.tolist()}")
+        all_agree(valid is not None, "valid (given or None)", distributed)  # it decides the collectives below
         stats = self._stats(F, y, classes)
         scale = lam_scale(stats)
         if self.lam != "auto":

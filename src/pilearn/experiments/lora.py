@@ -336,7 +336,7 @@ def _lora_lm(cfg: LoraBenchConfig, base: nn.Module, corpus: str, train: list, va
                 step += 1
                 for t in match_seconds:
                     if t not in matched and seconds >= t:
-                        matched[t] = (step, _trainable(model))
+                        matched[t] = (step, seconds, _trainable(model))
                 if step % cfg.lora_eval_every == 0:
                     v = perplexity(model, valid)
                     curve.append({"step": step, "seconds": seconds, "valid_ppl": v, "train_loss": float(loss.detach())})
@@ -361,11 +361,11 @@ def _lora_lm(cfg: LoraBenchConfig, base: nn.Module, corpus: str, train: list, va
          "alpha": cfg.lora_alpha_ratio * cfg.rank})
     for t in match_seconds:
         if t in matched:
-            s, state = matched[t]
+            s, at, state = matched[t]
             _load_trainable(model, state)
             add("lm", f"{label}, time-matched to {t:.0f} s", "LoRA time-matched",
                 {**common, "targets": list(cfg.lm_targets), "test_ppl": perplexity(model, test),
-                 "valid_ppl": perplexity(model, valid), "stored": stored, "train_seconds": t, "steps": s,
+                 "valid_ppl": perplexity(model, valid), "stored": stored, "train_seconds": at, "steps": s,
                  "matched_to": t})
         else:
             _load_trainable(model, final)
@@ -555,7 +555,7 @@ def _lora_cls(cfg: LoraBenchConfig, base: nn.Module, name: str, train: list, val
                 seconds += sw.seconds
                 step += 1
                 if matched is None and seconds >= match:
-                    matched = (step, _trainable(clf))
+                    matched = (step, seconds, _trainable(clf))
             acc = _clf_accuracy(clf, val)
             curve.append({"epoch": epoch + 1, "step": step, "seconds": seconds, "val_accuracy": acc})
             _progress(f"cls {name}: LoRA seed {seed} epoch {epoch + 1}, {seconds:.0f} s, val acc {acc:.4f}")
@@ -578,12 +578,12 @@ def _lora_cls(cfg: LoraBenchConfig, base: nn.Module, name: str, train: list, val
          "total_steps": step, "stopped": stopped, "peak_mb": mem.peak_mb, "curve": curve, "lr": cfg.cls_lr,
          "seed": seed})
     if time_matched:
-        s, st = matched if matched is not None else (step, final)
+        s, at, st = matched if matched is not None else (step, seconds, final)
         _load_trainable(clf, st)
         add("cls", f"{label}, time-matched to {match:.0f} s", "LoRA time-matched",
             {**common, "accuracy": _clf_accuracy(clf, test), "val_accuracy": _clf_accuracy(clf, val),
-             "stored": adapter + head_numbers, "stored_adapter": adapter,
-             "train_seconds": match if matched is not None else seconds, "steps": s, "matched_to": match})
+             "stored": adapter + head_numbers, "stored_adapter": adapter, "train_seconds": at, "steps": s,
+             "matched_to": match})
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -702,12 +702,17 @@ def _advantages(results: dict) -> list[str]:
 
 COLUMNS = {
     "lm": [("dataset", "corpus"), ("method", "method"), ("test_ppl", "test PPL"), ("valid_ppl", "valid PPL"),
-           ("stored", "stored params"), ("train_seconds", "fit/train s"), ("steps", "steps"), ("passes", "passes"),
+           ("stored", "stored params"), ("train_seconds", "fit/train s (†)"), ("steps", "steps"), ("passes", "passes"),
            ("peak_mb", "peak MB")],
     "cls": [("dataset", "data"), ("method", "method"), ("acc_pct", "test acc %"), ("val_pct", "val acc %"),
-            ("stored", "stored params"), ("train_seconds", "fit/train s"), ("steps", "steps"), ("passes", "passes"),
+            ("stored", "stored params"), ("train_seconds", "fit/train s (†)"), ("steps", "steps"), ("passes", "passes"),
             ("peak_mb", "peak MB")],
 }
+_TIME_NOTE = ("(†) PIL-LoRA: the whole fit, its validation step search included (classification: the ridge probe and "
+              "the head re-solve too). LoRA: its optimizer steps up to the reported point (to convergence: the best "
+              "validation point); its validation passes and the steps after the best point are not counted "
+              "(`total_train_seconds` in results.json has all steps). Time-matched rows: the LoRA adapter at the "
+              "first step whose cumulated training time reached the PIL fit's time.")
 
 
 def render_markdown(results: dict) -> str:
@@ -723,7 +728,7 @@ def render_markdown(results: dict) -> str:
         disp = [{**r, "acc_pct": None if r.get("accuracy") is None else 100 * r["accuracy"],
                  "val_pct": None if r.get("val_accuracy") is None else 100 * r["val_accuracy"],
                  "stored": f"{r['stored']:,}" if r.get("stored") is not None else None} for r in rows]
-        parts += [f"## {title}", "", markdown_table(disp, COLUMNS[group]), ""]
+        parts += [f"## {title}", "", markdown_table(disp, COLUMNS[group]), "", _TIME_NOTE, ""]
         data = results.get(f"{group}_data", {})
         for name, d in data.items():
             parts.append(f"- {name}: " + ", ".join(f"{k} {v}" for k, v in d.items() if k != "classes"))

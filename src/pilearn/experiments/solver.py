@@ -294,11 +294,12 @@ def fit_once(spec: dict[str, Any], X: np.ndarray, y: np.ndarray) -> dict[str, An
     t = {"data": 0.0, "features": 0.0}
     with Stopwatch(dev) as sw_init:
         fmap = RandomProjection(D_IN, d, activation="gelu", seed=spec["seed"], dtype=torch.float32, device=dev)
-        stats = RidgeStats(d, N_CLASSES, device=dev)
+        stats = RidgeStats(d, N_CLASSES, dual=False, device=dev)  # the Gram path at every N (no kept rows)
 
     def timed_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rows = _row_batches(X, y, n, bs, dev)
         while True:
+            _sync(dev)  # the previous batch's queued GPU accumulation belongs to "accumulate", not to this batch
             t0 = time.perf_counter()
             batch = next(rows, None)
             t1 = time.perf_counter()
@@ -384,10 +385,10 @@ def _precision(cfg: SolverConfig, X: np.ndarray, y: np.ndarray, Xt: np.ndarray) 
     """float32 (and TF32 on CUDA) Gram accumulation against float64 on the same feature batches."""
     dev, d = cfg.device, cfg.precision_d
     fmap = RandomProjection(D_IN, d, activation="gelu", seed=cfg.seed, dtype=torch.float32, device=dev)
-    arms = {"float64": (RidgeStats(d, N_CLASSES, device=dev), False),
-            "float32": (RidgeStats(d, N_CLASSES, device=dev, accumulate_dtype=torch.float32), False)}
+    arms = {"float64": (RidgeStats(d, N_CLASSES, dual=False, device=dev), False),
+            "float32": (RidgeStats(d, N_CLASSES, dual=False, device=dev, accumulate_dtype=torch.float32), False)}
     if dev.startswith("cuda"):
-        arms["tf32"] = (RidgeStats(d, N_CLASSES, device=dev, accumulate_dtype=torch.float32), True)
+        arms["tf32"] = (RidgeStats(d, N_CLASSES, dual=False, device=dev, accumulate_dtype=torch.float32), True)
     seconds = dict.fromkeys(arms, 0.0)
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     with torch.no_grad():
@@ -527,7 +528,8 @@ def bars(results: dict) -> list[str]:
 FLOOR_COLUMNS = [("n", "N"), ("d", "d"), ("syrk_seconds", "gram_update_ s"), ("syrk_gflops", "GFLOP/s"),
                  ("torch_gram_seconds", "H.T @ H s"), ("torch_gram_gflops", "GFLOP/s "),
                  ("gemm_seconds", "GEMM s"), ("gemm_gflops", "GEMM GFLOP/s"), ("floor_seconds", "floor s")]
-FIT_COLUMNS = [("n", "N"), ("d", "d"), ("data_seconds", "data s"), ("features_seconds", "features s"),
+FIT_COLUMNS = [("n", "N"), ("d", "d"), ("solve_method", "solve"), ("data_seconds", "data s"),
+               ("features_seconds", "features s"),
                ("accumulate_seconds", "accumulate s"), ("solve_seconds", "solve s"), ("fit_seconds", "fit s"),
                ("floor_seconds", "floor s"), ("ratio", "fit / floor"), ("accumulate_ratio", "accumulate / floor"),
                ("peak_fit_mb", "peak MB"), ("peak_accumulate_mb", "peak MB (accumulate)"),

@@ -444,7 +444,12 @@ class RidgeStats:
         self._flush_rows()
         count = torch.tensor([float(self.n_rows)], dtype=_F64, device=self.device)
         flat = torch.cat([self.M.reshape(-1), count])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+        if group is None:  # CPU statistics under a NCCL-only group go through the current CUDA device
+            from ..distributed import all_reduce_sum_
+
+            all_reduce_sum_(flat)
+        else:
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
         self.M.copy_(flat[:-1].view_as(self.M))
         self.n_rows = int(round(float(flat[-1])))
         return self
