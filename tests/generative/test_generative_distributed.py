@@ -61,6 +61,11 @@ def _fit_all(rank: int, world: int) -> dict:
         out["mismatch"] = None
     except ValueError as err:
         out["mismatch"] = str(err)
+    try:  # the same rows in another order are other data too: the draws would follow other rows
+        PILFlowMatching(width=4, time_buckets=1, draws=1, distributed=True).fit(X if rank == 0 else X.flip(0))
+        out["reordered"] = None
+    except ValueError as err:
+        out["reordered"] = str(err)
     return out
 
 
@@ -88,6 +93,7 @@ def test_two_ranks_equal_one_process(ranks, name):
 def test_every_rank_must_pass_the_same_data(ranks):
     for rank in (0, 1):
         assert ranks[rank]["mismatch"] is not None and "every rank must pass the same X" in ranks[rank]["mismatch"]
+        assert ranks[rank]["reordered"] is not None and "in the same order" in ranks[rank]["reordered"]
 
 
 # the first query's answer of one-process fits computed before data parallelism was added (commit 4bcadda)

@@ -209,14 +209,14 @@ class ReadoutModel:
     def _fit(self, X: torch.Tensor, y: Any) -> None:
         """Solve every head for data ``X (n, D)`` (checked) and optional labels ``y``."""
         distributed = check_distributed(self.distributed)
-        if distributed:
-            _check_same_data(X, y)
         self.dim_ = X.shape[1]
-        if y is None:
-            self.classes_, labels = None, None
+        labels = None if y is None else as_labels(y, X.shape[0])
+        if distributed:
+            _check_same_data(X, None if labels is None else np.asarray(labels))
+        if labels is None:
+            self.classes_ = None
             self.n_classes_ = 0
         else:
-            labels = as_labels(y, X.shape[0])
             self.classes_ = np.unique(labels)
             self.n_classes_ = len(self.classes_)
             labels = np.searchsorted(self.classes_, labels)
@@ -424,18 +424,26 @@ class ReadoutModel:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
 
-def _check_same_data(X: torch.Tensor, y: Any) -> None:
-    """Library shards: every rank must pass the same data; compare shapes and checksums (one collective)."""
+def _check_same_data(X: torch.Tensor, labels: np.ndarray | None) -> None:
+    """Library shards: every rank must pass the same data; compare shapes and position-weighted checksums (one
+    collective). ``labels`` are the checked integer labels (or None). Weighting row i by i + 1 makes a reordering
+    of the rows, not only a change of values, show; the sums are taken in chunks (no full float64 copy of X)."""
     import torch.distributed as dist
 
-    Xd = X.to(torch.float64)
-    mine = (tuple(X.shape), float(Xd.sum()), float((Xd * Xd).sum()),
-            None if y is None else float(np.asarray(y, dtype=np.float64).sum()))
+    s1 = s2 = 0.0
+    for start in range(0, X.shape[0], 4096):
+        block = X[start:start + 4096].to(torch.float64).reshape(min(4096, X.shape[0] - start), -1)
+        w = torch.arange(start + 1, start + 1 + block.shape[0], dtype=torch.float64, device=block.device)
+        s1 += float(w @ block.sum(1))
+        s2 += float((block * block).sum())
+    lab = None if labels is None else float(np.arange(1, len(labels) + 1, dtype=np.float64) @ labels.astype(np.float64))
+    mine = (tuple(X.shape), s1, s2, lab)
     gathered: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     if any(g != gathered[0] for g in gathered):
         raise ValueError("distributed=True shards the draws, not the data: every rank must pass the same X (and "
-                         f"y); got (shape, sum, sum of squares, label sum) per rank {gathered}")
+                         "y), in the same order; got (shape, row-weighted sum, sum of squares, row-weighted label "
+                         f"sum) per rank {gathered}")
 
 
 def _equal(a: Any, b: Any) -> bool:
