@@ -57,6 +57,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..features import FeatureMap, derive_seed, feature_map_from_config, get_activation, random_matrix
+from ..distributed import all_reduce_floats, all_reduce_stats, all_reduce_sum_, check_distributed, union_labels
 from ..solvers import RidgeStats
 from ._common import DEFAULT_HOLDOUT_GRID, check_common_params, holdout_scan
 from ._conv import conv_features
@@ -320,10 +321,7 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
                 s2 += float((A * A).sum())
                 n += A.shape[0]
         if self.distributed:
-            import torch.distributed as dist
-
-            packed = torch.cat([s1.cpu(), torch.tensor([s2, float(n)], dtype=torch.float64)])
-            dist.all_reduce(packed)
+            packed = all_reduce_sum_(torch.cat([s1.cpu(), torch.tensor([s2, float(n)], dtype=torch.float64)]))
             s1, s2, n = packed[:-2].to(s1.device), float(packed[-2]), float(packed[-1])
         mean = s1 / n
         var = s2 / (n * mean.numel()) - float((mean * mean).mean())
@@ -479,21 +477,13 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
 
     def _prepare(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> None:
         self._check_params()
-        if not isinstance(self.distributed, (bool, np.bool_)):
-            raise ValueError(f"distributed must be a bool, got {self.distributed!r}")
+        check_distributed(self.distributed)
         X, y = self._validate_xy(X, y)
         labels = np.unique(y)
         if self.distributed:  # every rank must binarize the same classes: the union over the shards
-            import torch.distributed as dist
-
-            if not (dist.is_available() and dist.is_initialized()):
-                raise RuntimeError("distributed=True needs torch.distributed to be initialized "
-                                   "(dist.init_process_group, e.g. under torchrun)")
             if self.random_state is None:
                 raise ValueError("distributed=True needs random_state: every rank must draw the same random matrices")
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, labels)
-            labels = np.unique(np.concatenate(gathered))
+            labels = union_labels(labels)
         self._binarizer = LabelBinarizer().fit(labels)
         self.classes_ = self._binarizer.classes_
         if len(self.classes_) < 2:
@@ -538,18 +528,10 @@ class DeepPILClassifier(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ data parallelism
     def _reduce(self, *stats: RidgeStats) -> None:
         """With ``distributed=True``: sum each rank's statistics (one collective each) before a solve."""
-        if self.distributed:
-            for st in stats:
-                st.all_reduce()
+        all_reduce_stats(*stats, distributed=bool(self.distributed))
 
     def _reduce_sum(self, values: list[float]) -> list[float]:
-        if not self.distributed:
-            return values
-        import torch.distributed as dist
-
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.tolist()
+        return all_reduce_floats(values, distributed=bool(self.distributed))
 
     def _onehot(self, y: np.ndarray) -> np.ndarray:
         T = self._binarizer.transform(y).astype(np.float64)
