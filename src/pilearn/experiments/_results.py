@@ -73,11 +73,24 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _release_free_heap() -> None:
+    """Return the heap's freed pages to the OS (glibc ``malloc_trim``; a no-op elsewhere), so that memory an earlier
+    block freed but the allocator kept does not hide the next block's growth (it would be reused without raising
+    RSS, and the block would measure as free)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak resident memory above the level at entry, sampled every ``interval`` seconds.
 
-    Large tensors are mmap'ed by the allocator and returned to the OS when freed, so the increase
-    of RSS over the entry level is the memory the measured block needed. On CUDA, the peak of
+    Large tensors are mmap'ed by the allocator and returned to the OS when freed, and the heap's freed pages are
+    returned at entry (``malloc_trim``), so the increase of RSS over the entry level is the memory the measured
+    block needed (memory the block frees and allocates again inside is counted once). On CUDA, the peak of
     ``torch.cuda.max_memory_allocated`` is recorded as well.
     """
 
@@ -88,6 +101,7 @@ class PeakMemory:
         self.cuda_peak_bytes: int | None = None
 
     def __enter__(self) -> "PeakMemory":
+        _release_free_heap()
         self._base = _rss_bytes()
         self._max = self._base
         self._stop = threading.Event()
