@@ -634,8 +634,9 @@ def _find(rows: list[dict], group: str, dataset: str, family: str, method_part: 
 def bars(results: dict) -> list[str]:
     """The issue's bars per corpus / data set, each 'met' / 'NOT met' from the numbers."""
     rows, cfg = results["rows"], results["config"]
+    groups = cfg.get("groups") or GROUPS
     out = []
-    for corpus in cfg["lm_corpora"]:
+    for corpus in (cfg["lm_corpora"] if "lm" in groups else ()):
         frozen = _find(rows, "lm", corpus, "frozen")
         lora = _find(rows, "lm", corpus, "LoRA")
         pil = _find(rows, "lm", corpus, "PIL-LoRA", "/".join(cfg["lm_targets"]))
@@ -657,7 +658,7 @@ def bars(results: dict) -> list[str]:
             line += (f"; PIL-LoRA on {'/'.join(r['targets'])}: {r['test_ppl']:.2f} ({100 * s:.0f} % of the reduction, "
                      f"{100 * r['train_seconds'] / lora['train_seconds']:.0f} % of the time)")
         out.append(line)
-    for name in cfg["cls_datasets"]:
+    for name in (cfg["cls_datasets"] if "cls" in groups else ()):
         lora = _find(rows, "cls", name, "LoRA")
         pil = _find(rows, "cls", name, "PIL-LoRA")
         if not (lora and pil):
