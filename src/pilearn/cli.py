@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--datasets", nargs="+", default=None, help="override the suite's datasets")
     b.add_argument("--only", nargs="+", default=None, metavar="GROUP",
                    help="run only these row groups of the suite (classify: dense conv bipil-seed deep mlp kernel "
-                        "hpelm floor; lm: ngram pil baseline attn; reparam: pranc mcnc closed-form supsup nola)")
+                        "hpelm floor; lm: ngram pil baseline attn; reparam: pranc mcnc closed-form supsup nola; "
+                        "lora: lm cls; solver: floor fit flat precision)")
     b.add_argument("--set", nargs="+", default=None, metavar="KEY=VALUE", dest="settings",
                    help="override fields of the suite's config, e.g. --set draws=4 width=2048 (values are Python "
                         "literals; a bare word is a string)")
