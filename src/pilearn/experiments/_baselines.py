@@ -187,3 +187,34 @@ def gram_floor(H64: torch.Tensor, repeats: int = 1) -> dict:
         out[name] = best
     out["floor"] = min(out.values())
     return out
+
+
+# ---------------------------------------------------------------------------------------------- adapters on text
+
+
+def apply_peft_lora(model: nn.Module, targets: tuple[str, ...] | list[str], r: int, alpha: float, seed: int) -> nn.Module:
+    """peft LoRA (A Kaiming-uniform from the seeded global generator, B = 0, no dropout, no bias) on ``targets``;
+    every other parameter frozen. Returns peft's wrapper."""
+    import peft
+
+    torch.manual_seed(seed)  # peft draws A from the global generator
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers API that transformers 5 marks deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        return peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
+                                                          target_modules=list(targets), bias="none"))
+
+
+class TextClassifier(nn.Module):
+    """Encoder → mean pooling over real tokens → linear head (zero-initialized): the gradient arms' classifier."""
+
+    def __init__(self, encoder: nn.Module, width: int, n_classes: int) -> None:
+        super().__init__()
+        from ..models import mean_pool
+
+        self.encoder, self._pool = encoder, mean_pool
+        self.head = nn.Linear(width, n_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self._pool(self.encoder(**enc).last_hidden_state, enc["attention_mask"]))

@@ -38,7 +38,6 @@ import json
 import math
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -49,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..features import derive_seed
+from ._baselines import TextClassifier, apply_peft_lora
 from ._results import PeakMemory, Stopwatch, default_out_dir, environment, markdown_table, write_results
 
 __all__ = ["LoraBenchConfig", "SCALES", "GROUPS", "make_config", "run_lora", "render", "bars"]
@@ -184,20 +184,16 @@ def _progress(msg: str) -> None:
     print(f"[lora {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def _peft() -> Any:
-    import peft
+def _load_or_skip(loader: Callable[..., Any], group: str, cfg: LoraBenchConfig, results: dict) -> Any:
+    """``loader(cfg.device)``, or None with the reason recorded under ``results["skipped"][group]``."""
+    from ..models import ModelNotFoundError
 
-    return peft
-
-
-def _apply_peft_lora(model: nn.Module, targets: tuple[str, ...], r: int, alpha: float, seed: int) -> nn.Module:
-    """peft LoRA (A Kaiming-uniform from the seeded global generator, B = 0) on ``targets``; the rest frozen."""
-    peft = _peft()
-    torch.manual_seed(seed)
-    with warnings.catch_warnings():  # peft 0.21 calls a transformers API that transformers 5 marks deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        return peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
-                                                          target_modules=list(targets), bias="none"))
+    try:
+        return loader(cfg.device)
+    except ModelNotFoundError as err:
+        results.setdefault("skipped", {})[group] = str(err)
+        _progress(f"{group}: skipped: {err}")
+        return None
 
 
 def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -260,14 +256,12 @@ def perplexity(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> floa
 
 def _lm_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> None:
     from ..adapters import PILLoraConfig, fit_task_residuals, get_pil_model
-    from ..models import ModelNotFoundError, load_smollm2
+    from ..models import load_smollm2
 
-    try:
-        base, tok = load_smollm2(cfg.device)
-    except ModelNotFoundError as err:
-        results.setdefault("skipped", {})["lm"] = str(err)
-        _progress(f"lm: skipped: {err}")
+    loaded = _load_or_skip(load_smollm2, "lm", cfg, results)
+    if loaded is None:
         return
+    base, tok = loaded
     base.requires_grad_(False)
     n_params = sum(p.numel() for p in base.parameters())
     for corpus in cfg.lm_corpora:
@@ -308,7 +302,7 @@ def _lm_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> N
 
 def _lora_lm(cfg: LoraBenchConfig, base: nn.Module, corpus: str, train: list, valid: list, test: list,
              match_seconds: list[float], common: dict, add: Callable[..., dict]) -> None:
-    model = _apply_peft_lora(copy.deepcopy(base), cfg.lm_targets, cfg.rank, cfg.lora_alpha_ratio * cfg.rank,
+    model = apply_peft_lora(copy.deepcopy(base), cfg.lm_targets, cfg.rank, cfg.lora_alpha_ratio * cfg.rank,
                              derive_seed(cfg.seed, "lora", corpus))
     stored = sum(p.numel() for p in model.parameters() if p.requires_grad)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -409,22 +403,6 @@ def _stratified_take(idx: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([idx[labels[idx] == c][:k] for c, k in zip(classes, want)])
 
 
-class _Classifier(nn.Module):
-    """Encoder → mean pooling over real tokens → linear head (zero-initialized)."""
-
-    def __init__(self, encoder: nn.Module, width: int, n_classes: int) -> None:
-        super().__init__()
-        from ..models import mean_pool
-
-        self.encoder, self._pool = encoder, mean_pool
-        self.head = nn.Linear(width, n_classes)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.head(self._pool(self.encoder(**enc).last_hidden_state, enc["attention_mask"]))
-
-
 def _tokenized(tok: Any, texts: list[str], labels: np.ndarray, cfg: LoraBenchConfig) -> list[tuple[dict, torch.Tensor]]:
     out = []
     for s in range(0, len(texts), cfg.cls_batch_size):
@@ -448,7 +426,7 @@ def _labels(batches: list[tuple[dict, torch.Tensor]]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _clf_accuracy(clf: _Classifier, batches: list) -> float:
+def _clf_accuracy(clf: TextClassifier, batches: list) -> float:
     clf.eval()
     pred = torch.cat([clf(enc).argmax(1) for enc, _ in batches])
     return float((pred == _labels(batches)).double().mean())
@@ -456,14 +434,12 @@ def _clf_accuracy(clf: _Classifier, batches: list) -> float:
 
 def _cls_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> None:
     from ..adapters import ClosedFormHead, PILLoraConfig, fit_task_residuals, get_pil_model
-    from ..models import ModelNotFoundError, load_minilm
+    from ..models import load_minilm
 
-    try:
-        base, tok = load_minilm(cfg.device)
-    except ModelNotFoundError as err:
-        results.setdefault("skipped", {})["cls"] = str(err)
-        _progress(f"cls: skipped: {err}")
+    loaded = _load_or_skip(load_minilm, "cls", cfg, results)
+    if loaded is None:
         return
+    base, tok = loaded
     base.requires_grad_(False)
     width = base.config.hidden_size
     for d_index, name in enumerate(cfg.cls_datasets):
@@ -530,9 +506,9 @@ def _cls_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> 
 def _lora_cls(cfg: LoraBenchConfig, base: nn.Module, name: str, train: list, val: list, test: list, width: int,
               c: int, head_numbers: int, match: float, common: dict, add: Callable[..., dict], seed: int,
               time_matched: bool) -> None:
-    encoder = _apply_peft_lora(copy.deepcopy(base), cfg.cls_targets, cfg.rank, cfg.lora_alpha_ratio * cfg.rank,
+    encoder = apply_peft_lora(copy.deepcopy(base), cfg.cls_targets, cfg.rank, cfg.lora_alpha_ratio * cfg.rank,
                                derive_seed(seed, "lora", name))
-    clf = _Classifier(encoder, width, c).to(cfg.device)
+    clf = TextClassifier(encoder, width, c).to(cfg.device)
     adapter = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
     params = [p for p in clf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.cls_lr)

@@ -73,6 +73,7 @@ from ..features import derive_seed
 from ..reparam import (MCNC, PRANC, FlatReparam, LeNet5, NOLAConfig, SupSupMLP, apply_nola, infer_task, permuted_mnist,
                        solve_pranc_head, train_supermask)
 from ..solvers import DEFAULT_HOLDOUT_GRID, RidgeSolution, RidgeStats, lam_scale, spd_solve
+from ._baselines import TextClassifier, apply_peft_lora
 from ._results import PeakMemory, Stopwatch, default_out_dir, environment, markdown_table, write_results
 
 __all__ = ["ReparamConfig", "SCALES", "GROUPS", "make_config", "run_reparam", "render", "mcnc_shape",
@@ -624,29 +625,8 @@ def _apply_lora(model: nn.Module, targets: tuple[str, ...], r: int, seed: int) -
             owner = model.get_submodule(parent)
             setattr(owner, leaf, _LoRALinear(getattr(owner, leaf), r, float(r), gen))
         return "local minimal LoRA"
-    torch.manual_seed(seed)  # peft draws A from the global generator
-    with warnings.catch_warnings():  # peft 0.21 calls a transformers API that transformers 5 marks deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0,
-                                                   target_modules=list(targets), bias="none"))
+    apply_peft_lora(model, targets, r, float(r), seed)
     return f"peft {peft.__version__}"
-
-
-class _TextClassifier(nn.Module):
-    """Encoder → mean pooling over real tokens → linear head (zero-initialized)."""
-
-    def __init__(self, encoder: nn.Module, width: int, n_classes: int) -> None:
-        super().__init__()
-        from ..models import mean_pool
-
-        self.encoder, self._pool = encoder, mean_pool
-        self.head = nn.Linear(width, n_classes)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
-        h = self.encoder(**enc).last_hidden_state  # (B, T, H)
-        return self.head(self._pool(h, enc["attention_mask"]))
 
 
 def _tokenize(tok, texts: list[str], cfg: ReparamConfig) -> dict[str, torch.Tensor]:
@@ -654,7 +634,7 @@ def _tokenize(tok, texts: list[str], cfg: ReparamConfig) -> dict[str, torch.Tens
     return {k: v.to(cfg.device) for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
 
-def _text_accuracy(clf: _TextClassifier, tok, texts: list[str], labels: np.ndarray, cfg: ReparamConfig) -> float:
+def _text_accuracy(clf: TextClassifier, tok, texts: list[str], labels: np.ndarray, cfg: ReparamConfig) -> float:
     from ..models import encode_texts
 
     feats = encode_texts(clf.encoder, tok, texts, batch_size=32, max_length=cfg.nola_max_length, device=cfg.device)
@@ -663,7 +643,7 @@ def _text_accuracy(clf: _TextClassifier, tok, texts: list[str], labels: np.ndarr
     return float((pred == labels).mean())
 
 
-def _train_text(clf: _TextClassifier, tok, texts: list[str], labels: np.ndarray, lr: float, cfg: ReparamConfig,
+def _train_text(clf: TextClassifier, tok, texts: list[str], labels: np.ndarray, lr: float, cfg: ReparamConfig,
                 label: str) -> dict[str, Any]:
     """AdamW on the adapter and the head, cosine schedule, seeded shuffling."""
     params = [p for p in clf.parameters() if p.requires_grad]
@@ -740,7 +720,7 @@ def _nola_rows(cfg: ReparamConfig, add: Callable[..., None], results: dict) -> N
                                                n_basis_a=cfg.nola_n_basis, n_basis_b=cfg.nola_n_basis,
                                                alpha=float(cfg.nola_rank), seed=derive_seed(cfg.seed, "nola")))
                 impl = "pilearn.reparam.apply_nola"
-            clf = _TextClassifier(encoder, width, c).to(cfg.device)
+            clf = TextClassifier(encoder, width, c).to(cfg.device)
             adapter = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
             with PeakMemory(device=cfg.device) as mem:
                 rep = _train_text(clf, tok, tr_x, tr_y, lr, cfg, f"{arm} lr={lr:g}")
