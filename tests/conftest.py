@@ -8,6 +8,13 @@ def generator() -> torch.Generator:
     return torch.Generator().manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _seed_global_rng():
+    """Seed torch's global RNG before every test, so a module built with default init (nn.Linear(...)) is the same
+    whichever tests ran before it: a result never depends on test order."""
+    torch.manual_seed(0)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module of many tiny-tensor calls (restored after): on a shared 2-core machine two

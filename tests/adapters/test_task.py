@@ -25,6 +25,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_chain_pullback_reproduces_the_output_change_through_exact_linear_maps(generator):
     model = nn.Sequential(nn.Linear(6, 16), nn.Identity(), nn.Linear(16, 16), nn.Linear(16, 3)).double().eval()
+    # the square layer is inverted exactly only up to mu·cond²: give it singular values in [0.5, 2] by construction
+    # (a default-initialized 16×16 can be near-singular, and then 1e-8 is out of reach for any μ > 0)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=generator, dtype=F64))
+    s = torch.linspace(0.5, 2.0, 16, dtype=F64)
+    with torch.no_grad():
+        model[2].weight.copy_(q * s)
     path = ChainPath(model, 0, mu=1e-12)
     y0 = torch.randn(10, 16, generator=generator, dtype=F64)
     dz = torch.randn(10, 3, generator=generator, dtype=F64)
