@@ -38,3 +38,22 @@ def test_unknown_activation_lists_valid_names(name):
         get_activation(name)
     assert "gelu" in str(info.value) and "identity" in str(info.value)
     assert repr(name) in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_inplace_activation_equals_the_out_of_place_one_bit_for_bit(name, generator):
+    from pilearn.features import get_activation_
+
+    x = 3 * torch.randn(257, 33, generator=generator)
+    expected = get_activation(name)(x)
+    z = x.clone()
+    out = get_activation_(name)(z)
+    assert torch.equal(out, expected)
+    assert out.data_ptr() == z.data_ptr()  # written into its argument, no new tensor
+
+
+def test_get_activation_inplace_rejects_unknown_names():
+    from pilearn.features import get_activation_
+
+    with pytest.raises(ValueError, match="activation must be one of"):
+        get_activation_("swish")

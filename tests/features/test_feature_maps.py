@@ -273,3 +273,24 @@ def test_from_config_rejects_unknown_type_and_keys():
 def test_bad_constructor_arguments_raise_value_error(build, match):
     with pytest.raises(ValueError, match=match):
         build()
+
+
+@pytest.mark.parametrize("activation", ["gelu", "tanh", "identity"])
+def test_random_projection_in_place_activation_keeps_values_and_gradients(activation, generator):
+    """Without a graph to record, the activation is applied in place: same values; with x.requires_grad, the
+    out-of-place path keeps the gradient correct."""
+    import torch.nn.functional as F  # noqa: N812
+
+    from pilearn.features import RandomProjection, get_activation
+
+    fmap = RandomProjection(20, 64, activation=activation, seed=3)
+    x = torch.randn(50, 20, generator=generator)
+    expected = get_activation(activation)(F.linear(x, fmap.weight.T) * fmap.scale + fmap.bias)
+    torch.testing.assert_close(fmap(x), expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fmap(x), get_activation(activation)(torch.addmm(fmap.bias, x, fmap.weight, alpha=fmap.scale)))
+    xg = x.clone().requires_grad_(True)
+    fmap(xg).sum().backward()
+    xr = x.clone().requires_grad_(True)
+    expected_fn = get_activation(activation)(torch.addmm(fmap.bias, xr, fmap.weight, alpha=fmap.scale))
+    expected_fn.sum().backward()
+    torch.testing.assert_close(xg.grad, xr.grad)

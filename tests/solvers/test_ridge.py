@@ -353,3 +353,58 @@ def test_two_process_gloo_all_reduce_equals_single_process(generator):
     ref = torch.cat([single.coef.reshape(-1), single.intercept])
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)  # identical on every rank
     torch.testing.assert_close(out[0], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_spd_solve_reads_only_the_lower_triangle(generator):
+    from pilearn.solvers import spd_solve
+
+    A = torch.randn(40, 25, generator=generator, dtype=torch.float64)
+    G = A.T @ A + 0.1 * torch.eye(25, dtype=torch.float64)
+    B = torch.randn(25, 3, generator=generator, dtype=torch.float64)
+    junk = G.tril() + torch.triu(torch.randn(25, 25, generator=generator, dtype=torch.float64), 1)
+    X, method = spd_solve(G, B)
+    X_junk, _ = spd_solve(junk, B)
+    assert method == "cholesky"
+    assert torch.equal(X, X_junk)
+    torch.testing.assert_close(G @ X, B, atol=1e-10, rtol=1e-10)
+    with pytest.warns(IllConditionedWarning):  # the eigendecomposition fallback reads the lower triangle too
+        S = torch.zeros(25, 25, dtype=torch.float64)
+        S[:5, :5] = torch.eye(5, dtype=torch.float64)
+        S_junk = S + torch.triu(torch.randn(25, 25, generator=generator, dtype=torch.float64), 1)
+        X_s, m_s = spd_solve(S_junk, B)
+    assert m_s == "eigh"
+    torch.testing.assert_close(X_s[:5], B[:5])
+    assert torch.count_nonzero(X_s[5:]) == 0
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+def test_solve_equals_a_cholesky_of_the_full_centred_statistics(generator, fit_intercept):
+    """solve works on the lower triangle of one copy; it must equal the textbook solve of centered()."""
+    stats = RidgeStats(30, 4, fit_intercept=fit_intercept, dual=False)
+    stats.update(torch.randn(200, 30, generator=generator, dtype=torch.float64),
+                 torch.randn(200, 4, generator=generator, dtype=torch.float64))
+    G, C, _ = stats.centered()
+    G.diagonal().add_(0.5)
+    expected = torch.linalg.solve(G, C)
+    torch.testing.assert_close(stats.solve(0.5).coef, expected, atol=1e-12, rtol=1e-10)
+    assert stats.G.triu(1).abs().max() == 0  # the statistics were not touched
+    for sol, lam in zip(stats.solve_many([0.5, 2.0]), [0.5, 2.0]):
+        torch.testing.assert_close(sol.coef, stats.solve(lam).coef, atol=0, rtol=0)
+
+
+def test_update_trims_the_heap_after_large_cpu_batches_only(monkeypatch, generator):
+    import pilearn.solvers._ridge as ridge_mod
+    from pilearn._memory import release_freed_heap
+
+    release_freed_heap()  # runs (a no-op off glibc)
+    calls: list[int] = []
+    monkeypatch.setattr(ridge_mod, "release_freed_heap", lambda: calls.append(1))
+    monkeypatch.setattr(ridge_mod, "_TRIM_MIN_FLOPS", 64 * 11 * 11)  # D = 8 + 2 + 1
+    stats = RidgeStats(8, 2, dual=False)
+    stats.update(torch.randn(63, 8, generator=generator), torch.randn(63, 2, generator=generator))
+    assert calls == []  # below the threshold: no trim
+    stats.update(torch.randn(64, 8, generator=generator), torch.randn(64, 2, generator=generator))
+    assert calls == [1]
+    kept = RidgeStats(8, 2)  # rows kept for the dual form are not streamed through the Gram: nothing to trim
+    kept.update(torch.randn(4, 8, generator=generator), torch.randn(4, 2, generator=generator))
+    assert calls == [1]

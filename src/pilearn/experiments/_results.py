@@ -14,6 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .._memory import release_freed_heap
+
 __all__ = ["environment", "PeakMemory", "Stopwatch", "write_results", "markdown_table", "default_out_dir"]
 
 
@@ -73,18 +75,6 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _release_free_heap() -> None:
-    """Return the heap's freed pages to the OS (glibc ``malloc_trim``; a no-op elsewhere), so that memory an earlier
-    block freed but the allocator kept does not hide the next block's growth (it would be reused without raising
-    RSS, and the block would measure as free)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 class PeakMemory:
     """Peak resident memory above the level at entry, sampled every ``interval`` seconds.
 
@@ -101,7 +91,7 @@ class PeakMemory:
         self.cuda_peak_bytes: int | None = None
 
     def __enter__(self) -> "PeakMemory":
-        _release_free_heap()
+        release_freed_heap()
         self._base = _rss_bytes()
         self._max = self._base
         self._stop = threading.Event()

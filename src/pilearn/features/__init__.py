@@ -5,7 +5,7 @@ Every random tensor comes from a CPU :class:`torch.Generator` built from an expl
 This layer imports only torch; it knows nothing of targets or solving.
 """
 
-from ._activations import ACTIVATIONS, get_activation
+from ._activations import ACTIVATIONS, get_activation, get_activation_
 from ._conv import RandomConvFeatures
 from ._embeddings import sinusoidal_embedding
 from ._maps import (
@@ -33,6 +33,7 @@ __all__ = [
     "derive_seed",
     "feature_map_from_config",
     "get_activation",
+    "get_activation_",
     "make_generator",
     "random_matrix",
     "register_feature_map",

@@ -15,7 +15,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from ._activations import get_activation
+from ._activations import get_activation, get_activation_
 from ._random import MatrixKind, derive_seed, dtype_name, make_generator, parse_dtype, random_matrix, _check_seed
 
 __all__ = [
@@ -200,6 +200,7 @@ class RandomProjection(FeatureMap):
         self.kind = kind
         self.activation = activation
         self._act = get_activation(activation)
+        self._act_ = get_activation_(activation)
         self.use_bias = check_bool("bias", bias)
         self.scale = 1.0 / math.sqrt(self.in_features) if scale is None else check_positive_float("scale", scale)
         self._scale_arg = None if scale is None else self.scale
@@ -221,7 +222,9 @@ class RandomProjection(FeatureMap):
             z = torch.mm(x, self.weight).mul_(self.scale)  # (n, out)
         else:
             z = torch.addmm(self.bias, x, self.weight, alpha=self.scale)  # b + scale * x @ W, (n, out)
-        return self._act(z)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return self._act(z)
+        return self._act_(z)  # z is ours and no graph needs it: activate in place
 
     def get_config(self) -> dict[str, Any]:
         return {
