@@ -85,3 +85,16 @@ def test_only_groups_and_in_process_fits(tmp_path):
     assert res["floor"] == [] and res["precision"] == [] and [r["n"] for r in res["fits"]] == [200]
     assert res["data"]["source"] == "synthetic"
     assert "fit ≤ 1.3× floor at N=60,000, d=4,096: not run" in (out / "results.md").read_text()
+
+
+def test_fit_env_reaches_the_fit_processes_and_is_checked(tmp_path):
+    out = tmp_path / "solver"
+    assert main(["bench", "solver", "--scale", "smoke", "--out", str(out), "--only", "fit", "--set", "ns=(200,)",
+                 "ds=(16,)", "batch_size=64", "data=synthetic", "fit_env=('OMP_WAIT_POLICY=PASSIVE',)"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["fit_env"] == ["OMP_WAIT_POLICY=PASSIVE"]
+    assert res["fits"][0]["env"] == {"OMP_WAIT_POLICY": "PASSIVE"}
+    with pytest.raises(ValueError, match="fit_env entries must be 'NAME=VALUE' strings, got 'PASSIVE'"):
+        make_config("smoke", fit_env=("PASSIVE",))
+    with pytest.raises(ValueError, match="need subprocess=True"):
+        make_config("smoke", fit_env=("A=1",), subprocess=False)

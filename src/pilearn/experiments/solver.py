@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -86,6 +87,10 @@ class SolverConfig:
     # statistics). An int fixes the threshold (bytes) in the fit subprocesses through MALLOC_MMAP_THRESHOLD_, as a
     # user would set it; None leaves the allocator's default behaviour.
     malloc_mmap_threshold: int | None = None
+    # "NAME=VALUE" environment settings for the fit subprocesses, as a user would export them before starting Python:
+    # e.g. ("OMP_WAIT_POLICY=PASSIVE", "OPENBLAS_THREAD_TIMEOUT=4") stop torch's OpenMP threads and scipy's OpenBLAS
+    # threads from spinning after each call, where they take the cores the other library's next product needs.
+    fit_env: tuple[str, ...] = ()
     seed: int = 0
     device: str = "cpu"
     out: Path | None = None
@@ -97,7 +102,7 @@ SCALES: dict[str, dict[str, Any]] = {
     "small": {},
     "full": dict(ds=(1_024, 2_048, 4_096, 8_192, 16_384), device="cuda"),
 }
-_TUPLE_FIELDS = ("groups", "ns", "ds", "flat_ns")
+_TUPLE_FIELDS = ("groups", "ns", "ds", "flat_ns", "fit_env")
 
 
 def make_config(scale: Scale = "small", **overrides: Any) -> SolverConfig:
@@ -139,6 +144,11 @@ def _validate(cfg: SolverConfig) -> None:
     positive_int("seed", cfg.seed, 0)
     if cfg.malloc_mmap_threshold is not None:
         positive_int("malloc_mmap_threshold", cfg.malloc_mmap_threshold)
+    for item in cfg.fit_env:
+        if not (isinstance(item, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", item)):
+            raise ValueError(f"fit_env entries must be 'NAME=VALUE' strings, got {item!r}")
+    if (cfg.fit_env or cfg.malloc_mmap_threshold is not None) and not cfg.subprocess:
+        raise ValueError("fit_env and malloc_mmap_threshold apply to the fit subprocesses: they need subprocess=True")
     if not (isinstance(cfg.lam_rel, (int, float)) and math.isfinite(cfg.lam_rel) and cfg.lam_rel > 0):
         raise ValueError(f"lam_rel must be a number > 0, got {cfg.lam_rel!r}")
     if not (isinstance(cfg.floor_min_seconds, (int, float)) and cfg.floor_min_seconds >= 0):
@@ -363,7 +373,9 @@ def _worker_main() -> None:
     """Entry of a fit subprocess: ``python -c "...; _worker_main()" SPEC_JSON``; prints one JSON line."""
     spec = json.loads(sys.argv[1])
     X, y = np.load(spec["x_path"]), np.load(spec["y_path"])  # read straight into memory: no transient copy
-    print(json.dumps(fit_once(spec, X, y)))
+    row = fit_once(spec, X, y)
+    row["env"] = {name: os.environ.get(name) for name in spec.get("env_names", [])}  # what the fit process saw
+    print(json.dumps(row))
 
 
 def _run_fit(spec: dict[str, Any], cfg: SolverConfig, X: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -373,6 +385,7 @@ def _run_fit(spec: dict[str, Any], cfg: SolverConfig, X: np.ndarray, y: np.ndarr
     env = dict(os.environ)
     if cfg.malloc_mmap_threshold is not None:  # glibc: a fixed threshold instead of the dynamic one (see docstring)
         env["MALLOC_MMAP_THRESHOLD_"] = str(cfg.malloc_mmap_threshold)
+    env.update(item.split("=", 1) for item in cfg.fit_env)
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"fit subprocess for n={spec['n']}, d={spec['d']} failed ({proc.returncode}):\n"
@@ -456,7 +469,8 @@ def run_solver(cfg: SolverConfig, command: str = "pilearn bench solver") -> dict
             np.save(Path(tmp) / "y.npy", y)
             for n, d, group in sizes:
                 spec = {"n": n, "d": d, "batch_size": cfg.batch_size, "device": cfg.device, "seed": cfg.seed,
-                        "lam_rel": cfg.lam_rel, "x_path": str(Path(tmp) / "x.npy"), "y_path": str(Path(tmp) / "y.npy")}
+                        "lam_rel": cfg.lam_rel, "x_path": str(Path(tmp) / "x.npy"), "y_path": str(Path(tmp) / "y.npy"),
+                        "env_names": [item.split("=", 1)[0] for item in cfg.fit_env]}
                 row = {"group": group, **_run_fit(spec, cfg, X, y)}
                 results["fits"].append(row)
                 write_results(out, results)
@@ -505,9 +519,11 @@ def bars(results: dict) -> list[str]:
     rows = fit_rows(results)
     at = next((r for r in rows if r["n"] == 60_000 and r["d"] == 4_096 and r["ratio"] is not None), None)
     if at:
+        env = "".join(f", {item}" for item in results["config"].get("fit_env", ()))
         out.append(f"fit at N=60,000, d=4,096: {at['fit_seconds']:.3g} s = {at['ratio']:.2f}× the floor "
                    f"({at['floor_seconds']:.3g} s) ≤ 1.3×: {'met' if at['ratio'] <= 1.3 else 'NOT met'} "
-                   f"(accumulation alone {at['accumulate_ratio']:.2f}×, features {at['features_ratio']:.2f}×)")
+                   f"(accumulation alone {at['accumulate_ratio']:.2f}×, features {at['features_ratio']:.2f}×"
+                   f"{env})")
     else:
         out.append("fit ≤ 1.3× floor at N=60,000, d=4,096: not run")
     flat_d = results["config"]["flat_d"]
@@ -518,6 +534,7 @@ def bars(results: dict) -> list[str]:
         desc = ", ".join(f"{r['n']:,}: {r['peak_fit_mb']:.0f} MB" for r in flat)
         thr = results["config"].get("malloc_mmap_threshold")
         alloc = (f"glibc MALLOC_MMAP_THRESHOLD_={thr}" if thr is not None else "the allocator's default settings")
+        alloc += "".join(f", {item}" for item in results["config"].get("fit_env", ()))
         out.append(f"peak memory flat in N at d={flat_d:,} ({desc}; {alloc}): largest change between neighbours "
                    f"{100 * worst:.1f} % < 10 %: {'met' if worst < 0.10 else 'NOT met'}")
     else:
