@@ -26,6 +26,11 @@ def test_registered_and_config_checks():
         make_config("small", lm_test_tokens=100)
     with pytest.raises(ValueError, match="groups must be among"):
         make_config("small", groups=("nlp",))
+    with pytest.raises(ValueError, match="pil_downs must be among"):
+        make_config("small", pil_downs=("pca",))
+    with pytest.raises(ValueError, match="at most once"):
+        make_config("small", pil_downs=("rrr", "rrr"))
+    assert make_config("small", pil_downs="rrr").pil_downs == ("rrr",)
 
 
 def _row(group, dataset, family, method="m", **kw):
@@ -44,6 +49,12 @@ def test_bars_follow_the_numbers():
     lm, cls = bars({"rows": rows, "config": cfg})
     assert "92 % of LoRA's reduction" in lm and "5 % of its time" in lm and lm.endswith(": met")
     assert "within 1 point: no" in cls and cls.endswith("NOT met")
+    rrr = [_row("lm", "shakespeare", "PIL-LoRA", "rrr on q_proj/v_proj", test_ppl=27.0, train_seconds=20.0,
+                targets=["q_proj", "v_proj"], down="rrr"),
+           _row("cls", "bbc", "PIL-LoRA", accuracy=0.968, peak_mb=300.0, down="rrr")]
+    lm2, cls_random, cls_rrr = bars({"rows": rows + rrr, "config": cfg})
+    assert "; PIL-LoRA-RRR on q_proj/v_proj: 27.00 (50 % of the reduction, 10 % of the time)" in lm2
+    assert cls_random == cls and cls_rrr.startswith("MiniLM bbc: PIL-LoRA-RRR 96.80 %") and cls_rrr.endswith(": met")
     rows[1]["train_seconds"] = 40.0  # 20 % of LoRA's time: the time half of the bar fails
     assert bars({"rows": rows, "config": cfg})[0].endswith("NOT met")
     cfg["groups"] = ["cls"]  # a group not run gets no bar line
@@ -64,10 +75,13 @@ def test_classification_group_end_to_end(tmp_path):
         pytest.skip(res["skipped"]["cls"])
     fam = {r["family"]: r for r in res["rows"]}
     assert set(fam) == {"probe", "PIL-LoRA", "LoRA", "LoRA time-matched", "LoRA other seed"}
-    pil, lora = fam["PIL-LoRA"], fam["LoRA"]
+    pils = {r["down"]: r for r in res["rows"] if r["family"] == "PIL-LoRA"}
+    assert set(pils) == {"random", "rrr"}
+    pil, lora = pils["random"], fam["LoRA"]
     assert pil["stored_adapter"] == 6 * 2 * (8 * 384 + 384)  # rank 8 on query and value of 6 layers, W_up and b
+    assert pils["rrr"]["stored_adapter"] == 6 * 2 * (384 * 8 + 8 * 384 + 384)  # + the data-chosen W_down
     assert lora["stored_adapter"] == 6 * 2 * (8 * 384 + 384 * 8)  # A and B
     assert pil["refit_max_abs_diff"] == 0.0  # the closed form is deterministic
     assert all(0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in res["rows"])
     md = (out / "results.md").read_text()
-    assert "MiniLM bbc:" in md and "Seed §3.5's table, measured" in md
+    assert "MiniLM bbc: PIL-LoRA " in md and "MiniLM bbc: PIL-LoRA-RRR " in md and "Seed §3.5's table, measured" in md

@@ -54,6 +54,14 @@ class PILLoraConfig:
         fit_bias: solve an unpenalized intercept ``b`` (the ridge fit centres features and targets).
         standardize: measure μ and s on the first fitting batch (else μ = 0, s = 1). s is one scalar, so x̂ keeps
             the geometry of x (relative variances, outlier dimensions) and only σ's input scale is fixed.
+        down: where ``W_down`` comes from. ``"random"`` (the seed's adapter): the fixed seeded projection above.
+            ``"rrr"``: chosen from the data by reduced-rank ridge regression, still in one pass and closed form —
+            the fit accumulates the statistics of (x̂, target) instead of (σ(x̂ W_down), target), solves the
+            full-rank ridge B̂ = (X̂ᵀX̂ + λI)⁻¹X̂ᵀY (in × out), and keeps the rank-r part that explains the most:
+            with V_r the top r eigenvectors of B̂ᵀ(X̂ᵀX̂ + λI)B̂ (the fitted values' covariance),
+            ``W_down = B̂ V_r`` and ``W_up = V_rᵀ``, which minimizes ‖Y − X̂B‖² + λ‖B‖² over rank(B) ≤ r exactly
+            (Mukherjee & Zhu 2011). Needs ``activation="identity"`` (the optimum is for a linear adapter); the
+            chosen ``W_down`` is stored in checkpoints, and an adapter is fitted once (``reset=True``).
     """
 
     target_modules: list[str] | str = field(default_factory=lambda: ["q_proj", "v_proj"])
@@ -66,6 +74,7 @@ class PILLoraConfig:
     fit_bias: bool = True
     standardize: bool = True
     lam_grid: tuple[float, ...] = DEFAULT_LAM_GRID
+    down: Literal["random", "rrr"] = "random"
 
     def __post_init__(self) -> None:
         self.target_modules = _check_targets(self.target_modules)
@@ -87,6 +96,11 @@ class PILLoraConfig:
         self.scaling = float(s)
         if self.init not in MATRIX_KINDS:
             raise ValueError(f"init must be one of {MATRIX_KINDS}, got {self.init!r}")
+        if self.down not in ("random", "rrr"):
+            raise ValueError(f'down must be "random" or "rrr", got {self.down!r}')
+        if self.down == "rrr" and self.activation != "identity":
+            raise ValueError(f'down="rrr" chooses W_down for a linear adapter and needs activation="identity", got '
+                             f"activation={self.activation!r}")
         for name in ("fit_bias", "standardize"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -318,8 +318,13 @@ class LayerSolver:
         self.lam = lam
         self.lam_grid = tuple(lam_grid)
         self.distributed = distributed
-        self.stats = RidgeStats(layer.rank, layer.out_features, fit_intercept=layer.fit_bias,
-                                device=layer.W_up.device)
+        # down="rrr": regress on x̂ itself (in columns); W_down is chosen at the solve (see PILLoraConfig.down)
+        self.rrr = layer.down == "rrr"
+        if self.rrr and bool(layer.fitted):
+            raise ValueError(f'layer {layer.name!r}: a down="rrr" adapter chooses its W_down in its one fit and is '
+                             "already fitted; reset it first (reset=True) to refit")
+        width = layer.in_features if self.rrr else layer.rank
+        self.stats = RidgeStats(width, layer.out_features, fit_intercept=layer.fit_bias, device=layer.W_up.device)
 
     def update(self, x: torch.Tensor, target: torch.Tensor, batch_index: int) -> None:
         name = self.layer.name
@@ -338,7 +343,8 @@ class LayerSolver:
             return
         if not bool(self.layer.calibrated):
             self.layer.calibrate(x)
-        H = self.layer.features(x.to(self.layer.W_down.dtype))
+        x = x.to(self.layer.W_down.dtype)
+        H = self.layer.standardized(x) if self.rrr else self.layer.features(x)
         self.stats.update(H, target / self.layer.scaling, check_finite=False)
 
     def solve(self, step: float = 1.0) -> tuple[LayerReport, torch.Tensor, torch.Tensor]:
@@ -354,15 +360,44 @@ class LayerSolver:
         else:
             lam_rel = float(self.lam)
         sol = stats.solve(lam_rel * scale)
-        self.layer.add_solution(sol.coef, sol.intercept if self.layer.fit_bias else None, step)
-        sse = stats.mse(sol.coef, sol.intercept) * stats.n * stats.n_targets
+        coef, intercept, fitted_coef = sol.coef, sol.intercept, sol.coef
+        if self.rrr:
+            W_down, coef, fitted_coef = reduced_rank(stats, sol.coef, sol.lam, self.layer.rank)
+            intercept = stats._intercept(fitted_coef)
+            self.layer.set_down(W_down)
+        self.layer.add_solution(coef, intercept if self.layer.fit_bias else None, step)
+        sse = stats.mse(fitted_coef, intercept) * stats.n * stats.n_targets
         _, _, yy_c = stats.centered()
         sst = float(yy_c.sum()) if stats.fit_intercept else float(stats.yy.sum())
         r2 = 1.0 - sse / sst if sst > 0 else 1.0
         rms = math.sqrt(max(float(stats.yy.sum()), 0.0) / (stats.n * stats.n_targets))
         report = LayerReport(stats.n_rows, float(sol.lam), lam_rel, rms, r2)
         self.stats = None  # type: ignore[assignment]  # free O((rank + out)²) memory
-        return report, sol.coef, sol.intercept
+        return report, coef, intercept
+
+
+def reduced_rank(stats: RidgeStats, B: torch.Tensor, lam: float,
+                 rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reduced-rank ridge regression from the statistics: (W_down (in, rank), W_up (rank, out), B_r = W_down W_up).
+
+    B is the full-rank ridge solution (G̃ + λI)⁻¹C̃. Written as least squares on the augmented rows [X̂; √λ I] with
+    targets [Y; 0], the rank-r problem min ‖Y − X̂B‖² + λ‖B‖² s.t. rank B ≤ r is a reduced-rank regression, solved
+    by projecting B onto the top-r eigenvectors V_r of its fitted values' covariance Bᵀ(G̃ + λI)B: B_r = B V_r V_rᵀ,
+    and its loss exceeds the full-rank loss by exactly the eigenvalues left out. Columns past the number of
+    non-zero directions (rank > out) are zero.
+    """
+    G, _, _ = stats.centered()
+    G.diagonal().add_(lam)
+    S = B.T @ G @ B
+    S = (S + S.T) / 2
+    _, V = torch.linalg.eigh(S)  # ascending
+    k = min(rank, V.shape[1])
+    Vr = V[:, -k:].flip(-1)  # (out, k), largest first
+    W_down = torch.zeros(B.shape[0], rank, dtype=B.dtype, device=B.device)
+    W_up = torch.zeros(rank, B.shape[1], dtype=B.dtype, device=B.device)
+    W_down[:, :k] = B @ Vr
+    W_up[:k] = Vr.T
+    return W_down, W_up, W_down @ W_up
 
 
 def calibrate_from_rank0(layer: PILLoraLinear, x: torch.Tensor) -> None:

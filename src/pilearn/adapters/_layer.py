@@ -35,7 +35,8 @@ class PILLoraLinear(nn.Module):
     """
 
     def __init__(self, base_layer: nn.Linear, *, rank: int, activation: str, seed: int, init: str = "orthogonal",
-                 scaling: float = 1.0, fit_bias: bool = True, standardize: bool = True, name: str = "") -> None:
+                 scaling: float = 1.0, fit_bias: bool = True, standardize: bool = True, name: str = "",
+                 down: str = "random") -> None:
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"base_layer must be a torch.nn.Linear, got {type(base_layer).__name__}")
@@ -52,11 +53,12 @@ class PILLoraLinear(nn.Module):
         self.fit_bias = bool(fit_bias)
         self.standardize = bool(standardize)
         self.name = name
+        self.down = down  # "random": W_down regenerated from the seed; "rrr": chosen by the fit and stored
         self.disabled = False
         w = base_layer.weight
         down = random_matrix((self.in_features, self.rank), kind=init, seed=self.seed, dtype=torch.float64)
         self.register_buffer("W_down", (down / math.sqrt(self.in_features)).to(device=w.device, dtype=w.dtype),
-                             persistent=False)
+                             persistent=down == "rrr")
         self.W_up = nn.Parameter(torch.zeros(self.rank, self.out_features, dtype=w.dtype, device=w.device),
                                  requires_grad=False)
         if self.fit_bias:
@@ -72,10 +74,19 @@ class PILLoraLinear(nn.Module):
         self._is_fitted = False
 
     # ------------------------------------------------------------------ forward
+    def standardized(self, x: torch.Tensor) -> torch.Tensor:
+        """x̂ = (x − μ)/s, in x's dtype."""
+        return (x - self.input_shift.to(x.dtype)) / self.input_scale.to(x.dtype)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """H = σ(x̂ W_down): (..., in) -> (..., rank), in x's dtype."""
-        x_hat = (x - self.input_shift.to(x.dtype)) / self.input_scale.to(x.dtype)
-        return self.sigma(x_hat @ self.W_down.to(x.dtype))
+        return self.sigma(self.standardized(x) @ self.W_down.to(x.dtype))
+
+    @property
+    def stored_tensors(self) -> tuple[str, ...]:
+        """The attributes a checkpoint holds: the solved numbers and input statistics, and W_down when the fit
+        chose it (``down="rrr"``)."""
+        return ("W_up", "bias", "input_shift", "input_scale") + (("W_down",) if self.down == "rrr" else ())
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """Δ(x) = scaling · (H W_up + b): (..., in) -> (..., out)."""
@@ -114,6 +125,15 @@ class PILLoraLinear(nn.Module):
         self.input_scale.fill_(1.0)
         self.calibrated.fill_(False)
         self._set_fitted(False)
+
+    @torch.no_grad()
+    def set_down(self, W_down: torch.Tensor) -> None:
+        """Replace W_down by a data-chosen (in, rank) matrix (``down="rrr"`` fits, before any W_up is added)."""
+        if self.down != "rrr":
+            raise ValueError(f"layer {self.name!r}: W_down of a down={self.down!r} adapter is fixed by its seed")
+        if tuple(W_down.shape) != (self.in_features, self.rank):
+            raise ValueError(f"W_down must have shape {(self.in_features, self.rank)}, got {tuple(W_down.shape)}")
+        self.W_down.copy_(W_down.to(self.W_down.dtype))
 
     @torch.no_grad()
     def add_solution(self, coef: torch.Tensor, intercept: torch.Tensor | None, step: float = 1.0) -> None:

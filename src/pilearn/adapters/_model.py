@@ -20,7 +20,6 @@ __all__ = ["PILModel", "get_pil_model", "FORMAT", "CONFIG_NAME", "WEIGHTS_NAME"]
 FORMAT = "pilearn.adapters.pil_lora.v1"
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
-_TENSORS = ("W_up", "bias", "input_shift", "input_scale")
 
 
 def _matches(name: str, target: str) -> bool:
@@ -105,7 +104,7 @@ class PILModel(nn.Module):
             layer = PILLoraLinear(base, rank=config.rank, activation=config.activation,
                                   seed=derive_seed(config.seed, "pil_lora", name), init=config.init,
                                   scaling=config.scaling, fit_bias=config.fit_bias, standardize=config.standardize,
-                                  name=name)
+                                  name=name, down=config.down)
             _replace(base_model, name, layer)
         self.base_model = base_model
         self.pil_config = config
@@ -155,9 +154,11 @@ class PILModel(nn.Module):
 
     @property
     def n_adapter_parameters(self) -> int:
-        """Solved numbers: Σ rank·out (+ out for the bias) over adapted layers. ``W_down`` is regenerated, not stored;
-        a checkpoint also holds each layer's input statistics (in + 1 numbers)."""
+        """Solved numbers: Σ rank·out (+ out for the bias) over adapted layers, plus in·rank for a data-chosen
+        ``W_down`` (``down="rrr"``); a seeded ``W_down`` is regenerated, not stored. A checkpoint also holds each
+        layer's input statistics (in + 1 numbers)."""
         return sum(layer.W_up.numel() + (layer.bias.numel() if layer.bias is not None else 0)
+                   + (layer.W_down.numel() if layer.down == "rrr" else 0)
                    for layer in self.adapters.values())
 
     def parameter_summary(self) -> str:
@@ -196,7 +197,7 @@ class PILModel(nn.Module):
         """``{"<layer>.W_up", "<layer>.bias", "<layer>.input_shift", "<layer>.input_scale"}``, detached CPU copies."""
         out: dict[str, torch.Tensor] = {}
         for name, layer in self.adapters.items():
-            for key in _TENSORS:
+            for key in layer.stored_tensors:
                 value = getattr(layer, key)
                 if value is not None:
                     out[f"{name}.{key}"] = value.detach().cpu().contiguous()
@@ -240,7 +241,7 @@ class PILModel(nn.Module):
         tensors = load_file(os.path.join(os.fspath(model_id), WEIGHTS_NAME))
         with torch.no_grad():
             for name, layer in model.adapters.items():
-                for key in _TENSORS:
+                for key in layer.stored_tensors:
                     target = getattr(layer, key)
                     if target is None:
                         continue

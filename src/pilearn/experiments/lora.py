@@ -12,7 +12,9 @@ Row groups (``--only``):
   - PIL-LoRA, rank r on ``lm_targets`` (the seed's ``q_proj``/``v_proj``): :func:`~pilearn.adapters.fit_task_residuals`
     (next-token residuals pulled back to every adapter, ridge per layer, one step search on the validation blocks);
     and the same on ``lm_extra_targets`` (``o_proj``/``down_proj``, whose outputs write straight into the residual
-    stream) when that is non-empty;
+    stream) when that is non-empty. Each PIL-LoRA row comes once per ``pil_downs`` entry: ``"random"`` (the seed's
+    fixed seeded W_down, activation ``pil_activation``) and ``"rrr"`` (W_down chosen from the same statistics by
+    reduced-rank ridge regression, a linear adapter: ``PILLoraConfig.down``);
   - peft LoRA of the same rank on the same modules, AdamW with a cosine schedule, validation perplexity every
     ``lora_eval_every`` steps, stopped after ``lora_patience`` evaluations without a gain or at ``lora_max_epochs``
     ("to convergence": the best validation point is the reported model); and the same run's adapter at the moment its
@@ -27,8 +29,8 @@ Row groups (``--only``):
   PIL-LoRA fit is repeated from scratch and compared bit for bit, and LoRA is trained again with another seed.
 
 Time is wall-clock of fitting/training only (evaluations excluded); peak memory is the resident-set increase during
-it (:class:`PeakMemory`); stored parameters are what a checkpoint must hold (PIL-LoRA: W_up and b, W_down is
-regenerated from its seed; LoRA: A and B; classifiers add their head).
+it (:class:`PeakMemory`); stored parameters are what a checkpoint must hold (PIL-LoRA: W_up and b, plus W_down for
+``"rrr"``; a seeded W_down is regenerated from its seed; LoRA: A and B; classifiers add their head).
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class LoraBenchConfig:
     pil_cg_iters: int = 1
     pil_n_step_groups: int = 1
     pil_activation: str = "gelu"
+    # W_down of the PIL-LoRA arms: "random" (the seed's fixed projection, activation pil_activation) and/or "rrr"
+    # (chosen by reduced-rank ridge, linear; PILLoraConfig.down)
+    pil_downs: tuple[str, ...] = ("random", "rrr")
     lora_lr: float = 1e-3
     lora_alpha_ratio: float = 2.0  # lora_alpha = ratio · r (the common α = 16 at r = 8)
     lora_max_epochs: int = 4
@@ -112,7 +117,7 @@ SCALES: dict[str, dict[str, Any]] = {
                  cls_max_length=256, cls_max_epochs=8, cls_patience=2),
 }
 
-_TUPLE_FIELDS = ("groups", "lm_corpora", "lm_targets", "lm_extra_targets", "cls_datasets", "cls_targets")
+_TUPLE_FIELDS = ("groups", "lm_corpora", "lm_targets", "lm_extra_targets", "cls_datasets", "cls_targets", "pil_downs")
 
 
 def make_config(scale: Scale = "small", **overrides: Any) -> LoraBenchConfig:
@@ -152,6 +157,9 @@ def _validate(cfg: LoraBenchConfig) -> None:
         one_of("groups", cfg.groups, GROUPS)
     one_of("lm_corpora", cfg.lm_corpora, LM_CORPORA)
     one_of("cls_datasets", cfg.cls_datasets, CLS_DATASETS)
+    one_of("pil_downs", cfg.pil_downs, ("random", "rrr"))
+    if not cfg.pil_downs or len(set(cfg.pil_downs)) != len(cfg.pil_downs):
+        raise ValueError(f"pil_downs must name each W_down kind at most once and at least one, got {cfg.pil_downs!r}")
     for name in ("rank", "seq_len", "lm_batch_size", "lm_train_tokens", "lm_valid_tokens", "lm_test_tokens",
                  "pil_cg_iters", "pil_n_step_groups", "lora_max_epochs", "lora_eval_every", "lora_patience",
                  "cls_val_docs", "cls_max_length", "cls_batch_size", "cls_max_epochs", "cls_patience"):
@@ -254,6 +262,19 @@ def perplexity(model: nn.Module, batches: list[dict[str, torch.Tensor]]) -> floa
     return math.exp(total / count)
 
 
+def _pil_config(cfg: LoraBenchConfig, targets: tuple[str, ...], down: str, seed: int) -> Any:
+    from ..adapters import PILLoraConfig
+
+    return PILLoraConfig(target_modules=list(targets), rank=cfg.rank, lam="auto", seed=seed, down=down,
+                         activation=cfg.pil_activation if down == "random" else "identity")
+
+
+def _pil_name(cfg: LoraBenchConfig, down: str) -> str:
+    if down == "rrr":
+        return f"PIL-LoRA r={cfg.rank}, W_down by reduced-rank ridge (linear),"
+    return f"PIL-LoRA r={cfg.rank}"
+
+
 def _lm_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> None:
     from ..adapters import PILLoraConfig, fit_task_residuals, get_pil_model
     from ..models import load_smollm2
@@ -277,20 +298,16 @@ def _lm_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> N
         add("lm", "SmolLM2-135M, frozen", "frozen",
             {**common, "test_ppl": ppl0, "valid_ppl": perplexity(base, valid), "stored": 0, "train_seconds": 0.0})
         pil_times = []
-        for targets in (cfg.lm_targets, cfg.lm_extra_targets):
-            if not targets:
-                continue
+        for down, targets in [(dn, t) for dn in cfg.pil_downs for t in (cfg.lm_targets, cfg.lm_extra_targets) if t]:
             model = copy.deepcopy(base)
-            pil = get_pil_model(model, PILLoraConfig(target_modules=list(targets), rank=cfg.rank, lam="auto",
-                                                     activation=cfg.pil_activation,
-                                                     seed=derive_seed(cfg.seed, "pil-lora", corpus)))
+            pil = get_pil_model(model, _pil_config(cfg, targets, down, derive_seed(cfg.seed, "pil-lora", corpus)))
             with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
                 rep = fit_task_residuals(pil, train, schedule=cfg.pil_schedule, valid_batches=valid,
                                          cg_iters=cfg.pil_cg_iters, n_step_groups=cfg.pil_n_step_groups)
             pil_times.append(sw.seconds)
             lay = list(rep.layers.values())
-            add("lm", f"PIL-LoRA r={cfg.rank} on {'/'.join(targets)}, task residuals", "PIL-LoRA",
-                {**common, "targets": list(targets), "test_ppl": perplexity(pil, test),
+            add("lm", f"{_pil_name(cfg, down)} on {'/'.join(targets)}, task residuals", "PIL-LoRA",
+                {**common, "targets": list(targets), "down": down, "test_ppl": perplexity(pil, test),
                  "valid_ppl": perplexity(pil, valid), "stored": pil.n_adapter_parameters,
                  "train_seconds": sw.seconds, "peak_mb": mem.peak_mb, "passes": rep.n_passes, "step": rep.step,
                  "loss_before": rep.loss_before, "loss_after": rep.loss_after,
@@ -468,38 +485,40 @@ def _cls_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> 
              "val_accuracy": head_accuracy(base, head0, val, y_va), "stored": head_numbers,
              "train_seconds": probe_seconds, "peak_mb": mem.peak_mb, "lam_rel": head0.lam_})
 
-        def fit_pil() -> tuple[nn.Module, ClosedFormHead, Any, float, float]:
-            pil = get_pil_model(copy.deepcopy(base), PILLoraConfig(target_modules=list(cfg.cls_targets), rank=cfg.rank,
-                                                                   lam="auto", activation=cfg.pil_activation,
-                                                                   seed=derive_seed(cfg.seed, "pil-lora", name)))
+        def fit_pil(down: str) -> tuple[nn.Module, ClosedFormHead, Any, float, float]:
+            pil = get_pil_model(copy.deepcopy(base),
+                                _pil_config(cfg, cfg.cls_targets, down, derive_seed(cfg.seed, "pil-lora", name)))
             with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
                 rep = fit_task_residuals(pil, train, head=head0, valid_batches=val, schedule=cfg.pil_schedule,
                                          cg_iters=cfg.pil_cg_iters)
                 head = probe(pil)
             return pil, head, rep, sw.seconds + probe_seconds, mem.peak_mb
 
-        pil, head, rep, pil_seconds, pil_mb = fit_pil()
-        pil_row = add("cls", f"PIL-LoRA r={cfg.rank} on {'/'.join(cfg.cls_targets)}, task residuals + ridge head",
-                      "PIL-LoRA", {**common, "accuracy": head_accuracy(pil, head, test, y_te),
-                                   "accuracy_probe_head": head_accuracy(pil, head0, test, y_te),
-                                   "val_accuracy": head_accuracy(pil, head, val, y_va),
-                                   "stored": pil.n_adapter_parameters + head_numbers,
-                                   "stored_adapter": pil.n_adapter_parameters, "train_seconds": pil_seconds,
-                                   "peak_mb": pil_mb, "passes": rep.n_passes + 2, "step": rep.step,
-                                   "lam_rel": head.lam_})
         determinism = cfg.determinism and d_index == 0
-        if determinism:
-            pil2, head2, _, _, _ = fit_pil()
-            a, b = pil.adapter_state_dict(), pil2.adapter_state_dict()
-            diff = max(float((a[k] - b[k]).abs().max()) for k in a)
-            pil_row["refit_max_abs_diff"] = diff
-            pil_row["refit_head_max_abs_diff"] = float((head.coef - head2.coef).abs().max())
-            pil_row["refit_accuracy"] = head_accuracy(pil2, head2, test, y_te)
-            del pil2, head2
-        del pil
+        match_seconds = None
+        for k, down in enumerate(cfg.pil_downs):
+            pil, head, rep, pil_seconds, pil_mb = fit_pil(down)
+            match_seconds = pil_seconds if match_seconds is None else match_seconds  # LoRA matches the first arm
+            pil_row = add("cls", f"{_pil_name(cfg, down)} on {'/'.join(cfg.cls_targets)}, task residuals + ridge "
+                          "head", "PIL-LoRA",
+                          {**common, "down": down, "accuracy": head_accuracy(pil, head, test, y_te),
+                           "accuracy_probe_head": head_accuracy(pil, head0, test, y_te),
+                           "val_accuracy": head_accuracy(pil, head, val, y_va),
+                           "stored": pil.n_adapter_parameters + head_numbers,
+                           "stored_adapter": pil.n_adapter_parameters, "train_seconds": pil_seconds,
+                           "peak_mb": pil_mb, "passes": rep.n_passes + 2, "step": rep.step, "lam_rel": head.lam_})
+            if determinism and k == 0:
+                pil2, head2, _, _, _ = fit_pil(down)
+                a, b = pil.adapter_state_dict(), pil2.adapter_state_dict()
+                diff = max(float((a[k2] - b[k2]).abs().max()) for k2 in a)
+                pil_row["refit_max_abs_diff"] = diff
+                pil_row["refit_head_max_abs_diff"] = float((head.coef - head2.coef).abs().max())
+                pil_row["refit_accuracy"] = head_accuracy(pil2, head2, test, y_te)
+                del pil2, head2
+            del pil
         seeds = (cfg.seed, cfg.seed + 1) if determinism else (cfg.seed,)
         for seed in seeds:
-            _lora_cls(cfg, base, name, train, val, test, width, c, head_numbers, pil_seconds, common, add, seed,
+            _lora_cls(cfg, base, name, train, val, test, width, c, head_numbers, match_seconds, common, add, seed,
                       time_matched=seed == cfg.seed)
 
 
@@ -631,22 +650,29 @@ def bars(results: dict) -> list[str]:
                  and r is not pil]
         for r in extra:
             s = (frozen["test_ppl"] - r["test_ppl"]) / red_lora if red_lora > 0 else float("nan")
-            line += (f"; PIL-LoRA on {'/'.join(r['targets'])}: {r['test_ppl']:.2f} ({100 * s:.0f} % of the reduction, "
+            kind = "PIL-LoRA-RRR" if r.get("down") == "rrr" else "PIL-LoRA"
+            line += (f"; {kind} on {'/'.join(r['targets'])}: {r['test_ppl']:.2f} ({100 * s:.0f} % of the reduction, "
                      f"{100 * r['train_seconds'] / lora['train_seconds']:.0f} % of the time)")
         out.append(line)
     for name in (cfg["cls_datasets"] if "cls" in groups else ()):
         lora = _find(rows, "cls", name, "LoRA")
-        pil = _find(rows, "cls", name, "PIL-LoRA")
-        if not (lora and pil):
+        pils = [r for r in rows if r["group"] == "cls" and r["dataset"] == name and r["family"] == "PIL-LoRA"]
+        if not (lora and pils):
             out.append(f"MiniLM {name}: not run")
             continue
-        gap = 100 * (lora["accuracy"] - pil["accuracy"])
-        mem_ok = pil["peak_mb"] < lora["peak_mb"]
-        out.append(f"MiniLM {name}: PIL-LoRA {100 * pil['accuracy']:.2f} % vs LoRA {100 * lora['accuracy']:.2f} % "
-                   f"(within 1 point: {'yes' if gap <= 1.0 else 'no'}); fitting memory {pil['peak_mb']:.0f} MB vs LoRA "
-                   f"training {lora['peak_mb']:.0f} MB (below: {'yes' if mem_ok else 'no'}): "
-                   f"{'met' if gap <= 1.0 and mem_ok else 'NOT met'}")
+        for pil in pils:
+            out.append(_cls_bar(name, pil, lora))
     return out
+
+
+def _cls_bar(name: str, pil: dict, lora: dict) -> str:
+    kind = "PIL-LoRA-RRR" if pil.get("down") == "rrr" else "PIL-LoRA"
+    gap = 100 * (lora["accuracy"] - pil["accuracy"])
+    mem_ok = pil["peak_mb"] < lora["peak_mb"]
+    return (f"MiniLM {name}: {kind} {100 * pil['accuracy']:.2f} % vs LoRA {100 * lora['accuracy']:.2f} % "
+            f"(within 1 point: {'yes' if gap <= 1.0 else 'no'}); fitting memory {pil['peak_mb']:.0f} MB vs LoRA "
+            f"training {lora['peak_mb']:.0f} MB (below: {'yes' if mem_ok else 'no'}): "
+            f"{'met' if gap <= 1.0 and mem_ok else 'NOT met'}")
 
 
 def _advantages(results: dict) -> list[str]:
@@ -739,9 +765,10 @@ def plot(results: dict, path: Path) -> None:
         if frozen:
             ax.axhline(frozen["valid_ppl"], ls="--", color="gray", lw=1, label="frozen")
         for r, color in zip([r for r in results["rows"] if r["group"] == "lm" and r["dataset"] == corpus
-                             and r["family"] == "PIL-LoRA"], ("tab:red", "tab:orange")):
+                             and r["family"] == "PIL-LoRA"], ("tab:red", "tab:orange", "tab:purple", "tab:brown")):
+            kind = "PIL-LoRA-RRR" if r.get("down") == "rrr" else "PIL-LoRA"
             ax.plot([r["train_seconds"]], [r["valid_ppl"]], marker="*", ms=12, ls="none", color=color,
-                    label=f"PIL-LoRA {'/'.join(r['targets'])}")
+                    label=f"{kind} {'/'.join(r['targets'])}")
         ax.set_xlabel("training / fitting seconds")
         ax.set_ylabel("validation perplexity")
         ax.set_title(f"SmolLM2-135M on {corpus}", fontsize=9)

@@ -194,14 +194,18 @@ def _load_data(cfg: SolverConfig) -> tuple[dict[str, Any], np.ndarray, np.ndarra
 
 
 def _row_batches(X: np.ndarray, y: np.ndarray, n: int, batch_size: int, device: str) -> Iterator[tuple]:
-    """The first n rows of X repeated as often as needed, one batch at a time: (x (b, 784), labels (b,))."""
-    done = 0
-    while done < n:
-        rows = min(n - done, len(X))
-        for xb, yb in zip(array_batches(X[:rows], batch_size, device=device),
-                          array_batches(y[:rows], batch_size, device=device)):
-            yield xb, yb
-        done += rows
+    """n rows of X, X, X, … (X repeated end to end) in batches of batch_size, the last one shorter: the stream a
+    dataset of n rows gives, whatever len(X). A batch inside X is a view; one that wraps around is copied."""
+    m = len(X)
+    for i in range(0, n, batch_size):
+        j = min(i + batch_size, n)
+        a = i % m
+        if a + (j - i) <= m:
+            xb, yb = X[a : a + j - i], y[a : a + j - i]
+        else:
+            rows = np.arange(i, j) % m
+            xb, yb = X[rows], y[rows]
+        yield (next(array_batches(xb, len(xb), device=device)), next(array_batches(yb, len(yb), device=device)))
 
 
 # ---------------------------------------------------------------------------------------------- floor
