@@ -506,7 +506,10 @@ def _cls_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> 
                            "val_accuracy": head_accuracy(pil, head, val, y_va),
                            "stored": pil.n_adapter_parameters + head_numbers,
                            "stored_adapter": pil.n_adapter_parameters, "train_seconds": pil_seconds,
-                           "peak_mb": pil_mb, "passes": rep.n_passes + 2, "step": rep.step, "lam_rel": head.lam_})
+                           "peak_mb": pil_mb, "passes": rep.n_passes + 2, "step": rep.step, "lam_rel": head.lam_,
+                           "loss_before": rep.loss_before, "loss_after": rep.loss_after,
+                           "layer_r2_mean": float(np.mean([l.r2 for l in rep.layers.values()])) if rep.layers
+                           else None})
             if determinism and k == 0:
                 pil2, head2, _, _, _ = fit_pil(down)
                 a, b = pil.adapter_state_dict(), pil2.adapter_state_dict()
