@@ -187,7 +187,7 @@ def test_save_load_roundtrip(tmp_path):
     with pytest.raises(ValueError, match="not a PILDiffusion file"):
         PILDiffusion.load(tmp_path / "f.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a tensor file at all")
-    with pytest.raises(ValueError, match="not a safetensors file"):
+    with pytest.raises(ValueError, match="is not a readable safetensors file .*; expected a PILDiffusion file"):
         PILDiffusion.load(tmp_path / "junk.safetensors")
     assert repr(PILDiffusion(head_timesteps=np.array([5, 50]))) == "PILDiffusion(head_timesteps=array([ 5, 50]))"
 

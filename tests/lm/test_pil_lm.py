@@ -228,7 +228,7 @@ def test_save_load_round_trip(fitted, tmp_path):
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert vocab["itos"][3] == "3" and loaded.head == model.head
     (tmp_path / "bad.safetensors").write_bytes(b"not a model")
-    with pytest.raises(ValueError, match="not a safetensors file"):
+    with pytest.raises(ValueError, match="is not a readable safetensors file"):
         load_lm(tmp_path / "bad.safetensors")
 
 

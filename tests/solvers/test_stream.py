@@ -183,7 +183,7 @@ def test_fit_stream_checks_its_arguments(data, tmp_path):
     with pytest.raises(TypeError, match=r"batches must yield \(H, Y\) or \(H, Y, sample_weight\) tuples"):
         fit_stream(RidgeStats(24, 2), array_batches(X, 100))
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.safetensors is not a readable safetensors checkpoint"):
+    with pytest.raises(ValueError, match="junk.safetensors' is not a readable safetensors file .*; expected a fit_stream checkpoint"):
         fit_stream(RidgeStats(24, 2), pairs(X, Y), checkpoint=tmp_path / "junk.safetensors")
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from safetensors import safe_open
 from sklearn.utils.validation import check_is_fitted
 
 from .. import __version__
+from .._safetensors import read_safetensors
 from ..features import FeatureMap, feature_map_from_config
 from ..solvers import RidgeStats
 
@@ -65,10 +65,8 @@ def save_estimator(est: Any, path: str | os.PathLike, *, include_stats: bool = F
 def load_estimator(cls: type, path: str | os.PathLike, *, device: str | None = None) -> Any:
     """Rebuild an estimator written by :func:`save_estimator`."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no saved pilearn model at {path!r}")
-    with safe_open(path, framework="pt") as f:
-        raw = (f.metadata() or {}).get("pilearn")
+    meta, _ = read_safetensors(path, "saved pilearn model", tensors=False)
+    raw = meta.get("pilearn")
     if raw is None:
         raise ValueError(f"{path!r} is a safetensors file but not a pilearn model (no 'pilearn' metadata)")
     meta = json.loads(raw)

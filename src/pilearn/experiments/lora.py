@@ -276,7 +276,7 @@ def _pil_name(cfg: LoraBenchConfig, down: str) -> str:
 
 
 def _lm_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> None:
-    from ..adapters import PILLoraConfig, fit_task_residuals, get_pil_model
+    from ..adapters import fit_task_residuals, get_pil_model
     from ..models import load_smollm2
 
     loaded = _load_or_skip(load_smollm2, "lm", cfg, results)
@@ -450,7 +450,7 @@ def _clf_accuracy(clf: TextClassifier, batches: list) -> float:
 
 
 def _cls_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> None:
-    from ..adapters import ClosedFormHead, PILLoraConfig, fit_task_residuals, get_pil_model
+    from ..adapters import ClosedFormHead, fit_task_residuals, get_pil_model
     from ..models import load_minilm
 
     loaded = _load_or_skip(load_minilm, "cls", cfg, results)

@@ -240,25 +240,20 @@ def measure_floor(n: int, d: int, cfg: SolverConfig) -> dict[str, Any]:
         for r in blocks:
             gram_update_(G, H[:r])
 
-    def torch_gram() -> None:
-        if len(blocks) == 1:
-            H.T @ H
-        else:
-            for r in blocks:
-                G.addmm_(H[:r].T, H[:r])
+    def product(right: torch.Tensor) -> Callable[[], None]:
+        """Hᵀ·right over the row blocks: the Gram torch would form (right = H), or a GEMM (right = B)."""
+        def run() -> None:
+            if len(blocks) == 1:
+                H.T @ right
+            else:
+                for r in blocks:
+                    G.addmm_(H[:r].T, right[:r])
+        return run
 
     t_syrk, rep_syrk = _best_time(syrk, cfg)
-    t_torch, rep_torch = _best_time(torch_gram, cfg)
+    t_torch, rep_torch = _best_time(product(H), cfg)
     B = torch.rand(rows, d, generator=g, dtype=_F64).to(dev)
-
-    def gemm() -> None:
-        if len(blocks) == 1:
-            H.T @ B
-        else:
-            for r in blocks:
-                G.addmm_(H[:r].T, B[:r])
-
-    t_gemm, rep_gemm = _best_time(gemm, cfg)
+    t_gemm, rep_gemm = _best_time(product(B), cfg)
     gram_flops, gemm_flops = n * d * (d + 1), 2 * n * d * d
     floor = min(t_syrk, t_torch)
     return {"n": n, "d": d, "block_rows": rows, "syrk_seconds": t_syrk, "torch_gram_seconds": t_torch,

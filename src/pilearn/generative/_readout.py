@@ -23,10 +23,10 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
+from .._safetensors import read_safetensors
 from ..distributed import all_reduce_floats, check_distributed, owns_batch
 from ..features import derive_seed, make_generator, sinusoidal_embedding
 from ..solvers import DEFAULT_HOLDOUT_GRID, RidgeStats, holdout_scan, lam_scale
@@ -384,12 +384,8 @@ class ReadoutModel:
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | None = None):
         """Read a model written by :meth:`save` (no pickle)."""
-        try:
-            with safe_open(os.fspath(path), framework="pt") as f:
-                raw = (f.metadata() or {}).get("pilearn")
-                tensors = {k: f.get_tensor(k) for k in f.keys()} if raw is not None else {}
-        except SafetensorError as err:
-            raise ValueError(f"{os.fspath(path)!r} is not a safetensors file ({err})") from err
+        meta, tensors = read_safetensors(path, f"{cls.__name__} file")
+        raw = meta.get("pilearn")
         if raw is None or json.loads(raw).get("format") != cls._FORMAT:
             raise ValueError(f"{os.fspath(path)!r} is not a {cls.__name__} file (format {cls._FORMAT})")
         meta = json.loads(raw)

@@ -39,17 +39,12 @@ def save_lm(model: PILLM, path: str | Path, *, vocab: dict[str, Any] | None = No
 
 def load_lm(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[PILLM, dict[str, Any] | None]:
     """Read a file written by :func:`save_lm`: ``(model, vocab dict or None)``."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from .._safetensors import read_safetensors
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as err:  # safetensors raises its own error types for a file that is not safetensors
-        raise ValueError(f"{path} is not a safetensors file written by pilearn.lm.save_lm: {err}") from err
+    meta, _ = read_safetensors(path, "PIL-LM file written by pilearn.lm.save_lm", tensors=False)
     if meta.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a PIL-LM file (format {meta.get('format')!r}, expected {_FORMAT!r})")
     model = PILLM(LMConfig.from_dict(json.loads(meta["config"])))

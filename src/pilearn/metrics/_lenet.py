@@ -18,10 +18,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._safetensors import read_safetensors
 from ._generative import ArrayLike, _as_labels, _as_tensor, _check_finite, _check_positive_int, _check_seed
 
 __all__ = ["LeNet", "default_cache_dir", "lenet_for", "load_lenet", "save_lenet", "train_lenet"]
@@ -239,10 +239,7 @@ def load_lenet(path: str | os.PathLike, *, device: torch.device | str = "cpu") -
         ValueError: the file is not a pilearn LeNet checkpoint, or its weights do not fit its metadata.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no LeNet checkpoint at {path!r}")
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
+    meta, _ = read_safetensors(path, "LeNet checkpoint", tensors=False)
     if meta.get("format") != _FORMAT or "config" not in meta:
         raise ValueError(f"{path!r} is not a pilearn LeNet checkpoint (metadata {meta!r})")
     config = json.loads(meta["config"])

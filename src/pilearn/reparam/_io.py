@@ -13,10 +13,10 @@ import json
 import os
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._safetensors import read_safetensors
 from ._flat import FlatReparam
 from ._mcnc import MCNC
 from ._nola import NOLALinear, _replace, load_nola_state_dict, nola_layers, nola_state_dict
@@ -64,10 +64,8 @@ def save_reparam(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def _read_meta(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no reparameterization checkpoint at {path!r}")
-    with safe_open(path, framework="pt") as f:
-        raw = (f.metadata() or {}).get("pilearn.reparam")
+    meta, _ = read_safetensors(path, "reparameterization checkpoint", tensors=False)
+    raw = meta.get("pilearn.reparam")
     if raw is None:
         raise ValueError(f"{path!r} is a safetensors file but not a pilearn.reparam checkpoint")
     meta = json.loads(raw)

@@ -676,13 +676,11 @@ def load_supsup(path: str | Path, module: nn.Module | None = None) -> SupSupNet:
         module: for a checkpoint of a :class:`SupSupModel`, a fresh instance of the original architecture
             (its weights are ignored); not needed for :class:`SupSupMLP`.
     """
-    from safetensors import safe_open
+    from .._safetensors import read_safetensors
 
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a SupSup checkpoint (format {meta.get('format')!r})")
-        bits = {key: f.get_tensor(key) for key in f.keys()}
+    meta, bits = read_safetensors(path, "SupSup checkpoint", framework="np")
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{path} is not a SupSup checkpoint (format {meta.get('format')!r})")
     config = json.loads(meta["config"])
     if config["kind"] == "SupSupMLP":
         model: SupSupNet = SupSupMLP(config["sizes"], config["n_tasks"], sparsity=config["sparsity"],

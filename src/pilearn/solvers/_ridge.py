@@ -19,14 +19,14 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ._gram import gram_update_, symmetrize
 from .._memory import release_freed_heap
+from ._gram import gram_update_, symmetrize
 from ._linalg import spd_solve
 
 __all__ = ["RidgeStats", "RidgeSolution", "RidgePath"]
 
 _F64 = torch.float64
-#: Gram flops (n·D²) of a batch above which update() trims the heap afterwards (about 25 ms of work at 80 GFLOP/s)
+#: Gram flops (n·D²) of a batch from which update() trims the heap first (about 25 ms of work at 80 GFLOP/s)
 _TRIM_MIN_FLOPS = 2**31
 _ACCUMULATE_DTYPES = (torch.float64, torch.float32)
 
@@ -270,7 +270,7 @@ class RidgeStats:
         return self
 
     def _release_heap(self, n: int) -> None:
-        """After a large CPU batch, return the heap pages the stream has freed (see
+        """Before a large CPU batch is accumulated, return the heap pages the stream freed since the last one (see
         :func:`pilearn._memory.release_freed_heap`): without it the resident set grows with the number of batches.
         Skipped below ``_TRIM_MIN_FLOPS`` of Gram work, where the millisecond it costs would show."""
         D = self.M.shape[0]

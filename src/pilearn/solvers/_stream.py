@@ -182,17 +182,10 @@ def _save(path: Path, stats: RidgeStats, batches_done: int, meta: dict[str, str]
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], int, dict[str, str]]:
     """Read a :func:`fit_stream` checkpoint: ``(state_dict, batches_done, metadata)``."""
-    from safetensors import safe_open
+    from .._safetensors import read_safetensors
 
     path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own SafetensorError (and OSError, ValueError)
-        if isinstance(err, FileNotFoundError):
-            raise
-        raise ValueError(f"{path} is not a readable safetensors checkpoint ({type(err).__name__}: {err})") from err
+    meta, tensors = read_safetensors(path, "fit_stream checkpoint")
     if meta.get("format") != str(CHECKPOINT_FORMAT) or "batches_done" not in tensors:
         raise ValueError(f"{path} is not a fit_stream checkpoint of format {CHECKPOINT_FORMAT} "
                          f"(metadata format={meta.get('format')!r})")
