@@ -195,16 +195,12 @@ def _load_data(cfg: SolverConfig) -> tuple[dict[str, Any], np.ndarray, np.ndarra
 
 def _row_batches(X: np.ndarray, y: np.ndarray, n: int, batch_size: int, device: str) -> Iterator[tuple]:
     """n rows of X, X, X, … (X repeated end to end) in batches of batch_size, the last one shorter: the stream a
-    dataset of n rows gives, whatever len(X). A batch inside X is a view; one that wraps around is copied."""
+    dataset of n rows gives, whatever len(X). Every batch is a fresh copy, as rows read from a file or a data loader
+    are (a view into X would cost nothing up to N = len(X) and a copy past it, and bias the memory-flatness test)."""
     m = len(X)
     for i in range(0, n, batch_size):
-        j = min(i + batch_size, n)
-        a = i % m
-        if a + (j - i) <= m:
-            xb, yb = X[a : a + j - i], y[a : a + j - i]
-        else:
-            rows = np.arange(i, j) % m
-            xb, yb = X[rows], y[rows]
+        rows = np.arange(i, min(i + batch_size, n)) % m
+        xb, yb = X[rows], y[rows]
         yield (next(array_batches(xb, len(xb), device=device)), next(array_batches(yb, len(yb), device=device)))
 
 
