@@ -23,8 +23,9 @@ def release_freed_heap() -> None:
     Why a streaming fit needs it: glibc serves blocks above its mmap threshold with ``mmap`` and returns them on
     ``free``, but each such ``free`` raises the threshold to the block's size (up to 32 MiB). From then on
     batch-sized tensors come from the heap, whose freed chunks stay resident and fragment, so the resident set
-    creeps up with the number of batches, not with the size of the problem. Trimming once per large batch keeps it
-    flat. It costs about a millisecond on a fragmented heap.
+    creeps up with the number of batches, not with the size of the problem. Trimming once per large batch stops
+    the creep (one batch-sized step remains after the threshold first rises: ``pilearn bench solver --only flat``).
+    It costs about a millisecond on a fragmented heap.
     """
     trim = _malloc_trim()
     if trim is not None:
