@@ -45,3 +45,20 @@ def test_read_safetensors_returns_metadata_and_tensors(tmp_path):
     assert read_safetensors(path, "test file", tensors=False) == ({"format": "x"}, {})
     meta, arrays = read_safetensors(path, "test file", framework="np")
     assert arrays["w"].tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, expected a test file"):
+        read_safetensors(tmp_path, "test file")
+
+
+def test_a_feature_map_pickled_before_in_place_activations_still_works():
+    import pickle
+
+    from pilearn.features import RandomProjection
+
+    fmap = RandomProjection(4, 8, seed=0)
+    old = pickle.loads(pickle.dumps(fmap))
+    del old.__dict__["_act_"]  # as unpickled from a version without it
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(old(x), fmap(x))

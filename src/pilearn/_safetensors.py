@@ -22,17 +22,20 @@ def read_safetensors(path: str | os.PathLike, what: str, *, framework: Literal["
         tensors: read the tensors too.
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a readable safetensors file (truncated, another format, unreadable).
+        FileNotFoundError: nothing at ``path``.
+        IsADirectoryError: ``path`` is a directory.
+        ValueError: the file is not a safetensors file (truncated, another format).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"no {what} at {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path!r} is a directory, expected a {what} (a file)")
     try:
         with safe_open(path, framework=framework) as f:
             meta = dict(f.metadata() or {})
             out = {key: f.get_tensor(key) for key in f.keys()} if tensors else {}
-    except (SafetensorError, OSError, ValueError) as err:
+    except (SafetensorError, ValueError) as err:  # an OSError (permissions, I/O) propagates as it is
         raise ValueError(f"{path!r} is not a readable safetensors file ({type(err).__name__}: {err}); expected a "
                          f"{what}") from err
     return meta, out

@@ -128,3 +128,24 @@ def test_rrr_errors_name_the_problem():
     seeded = get_pil_model(mlp(), PILLoraConfig(target_modules=["2"], rank=2, activation="identity"))
     with pytest.raises(ValueError, match="fixed by its seed"):
         seeded.adapters["2"].set_down(torch.zeros(16, 2))
+
+
+def test_rrr_w_down_is_in_the_state_dict_and_restored_by_it():
+    """A data-chosen W_down is model state: state_dict() holds it and load_state_dict restores it (a seeded one is
+    regenerated and stays out of the state_dict)."""
+    name = "2"
+    teacher = perturbed(mlp(), name, rank=2, scale=1.0)
+    batches = [torch.randn(40, 6, generator=torch.Generator().manual_seed(0))]
+    pil = get_pil_model(mlp(), PILLoraConfig(target_modules=[name], rank=2, activation="identity", down="rrr"))
+    fit_distill(pil, batches, teacher)
+    state = pil.state_dict()
+    key = next(k for k in state if k.endswith(f"{name}.W_down"))
+    assert torch.equal(state[key], pil.adapters[name].W_down)
+    fresh = get_pil_model(mlp(), PILLoraConfig(target_modules=[name], rank=2, activation="identity", down="rrr"))
+    assert not torch.equal(fresh.adapters[name].W_down, pil.adapters[name].W_down)
+    fresh.load_state_dict(state)
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), pil(x))
+    seeded = get_pil_model(mlp(), PILLoraConfig(target_modules=[name], rank=2, activation="identity"))
+    assert not any(k.endswith("W_down") for k in seeded.state_dict())

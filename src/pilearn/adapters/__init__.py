@@ -1,7 +1,8 @@
 """PIL-LoRA: closed-form adapters for frozen pretrained models (seed §3).
 
 An adapted ``nn.Linear`` computes ``y = base(x) + scaling · (σ(x̂ W_down) W_up + b)``: ``W_down`` is a fixed
-seeded projection (regenerated from the config seed and the layer name, never stored), ``W_up`` and ``b`` are
+seeded projection (regenerated from the config seed and the layer name, never stored; or, with ``down="rrr"``, chosen
+from the data by reduced-rank ridge and stored), ``W_up`` and ``b`` are
 solved by ridge regression from residual targets, in one streaming pass per layer group, earlier layers fitted and
 active. The API follows peft: :class:`PILLoraConfig`, :func:`get_pil_model` -> :class:`PILModel`
 (``save_pretrained``, ``from_pretrained``, ``merge_and_unload``, ``disable_adapters``). What each adapter regresses

@@ -40,7 +40,8 @@ class PILLoraConfig:
             ``"all-linear"``: every ``nn.Linear`` except the model's output embedding (``get_output_embeddings()``).
         rank: width of the random feature layer σ(x̂ W_down), an int >= 1.
         lam: ridge λ relative to tr(G̃)/rank (the mean eigenvalue of the centred feature Gram, as everywhere in
-            pilearn), a float >= 0; or ``"auto"``: generalized cross-validation over ``lam_grid``, per layer.
+            pilearn; for ``down="rrr"`` the Gram of x̂, so tr(G̃)/in), a float >= 0; or ``"auto"``: generalized
+            cross-validation over ``lam_grid``, per layer (for ``"rrr"``, of the full-rank ridge fit).
         lam_grid: relative λ candidates of ``lam="auto"``.
         activation: σ, a name in :data:`pilearn.features.ACTIVATIONS` (``"gelu"``, ``"relu"``, ``"tanh"``,
             ``"identity"``, ...). Only ``"identity"`` adapters are linear and can be merged into the base weight.

@@ -305,7 +305,8 @@ def eager_attention(model: nn.Module, needed: bool) -> Iterator[None]:
 
 
 class LayerSolver:
-    """One adapter's ridge problem: rows H = σ(x̂ W_down) (n, rank), targets Y = r / scaling (n, out).
+    """One adapter's ridge problem: rows H = σ(x̂ W_down) (n, rank) — or x̂ itself (n, in) for ``down="rrr"`` —,
+    targets Y = r / scaling (n, out).
 
     The first rows calibrate the layer's input statistics (μ, s) when it has none yet. With ``distributed``, the
     first rows of rank 0 calibrate it on every rank (one broadcast, at every rank's first :meth:`update`), and
@@ -372,7 +373,7 @@ class LayerSolver:
         r2 = 1.0 - sse / sst if sst > 0 else 1.0
         rms = math.sqrt(max(float(stats.yy.sum()), 0.0) / (stats.n * stats.n_targets))
         report = LayerReport(stats.n_rows, float(sol.lam), lam_rel, rms, r2)
-        self.stats = None  # type: ignore[assignment]  # free O((rank + out)²) memory
+        self.stats = None  # type: ignore[assignment]  # free O((rank + out)²) memory (O((in + out)²) for rrr)
         return report, coef, intercept
 
 

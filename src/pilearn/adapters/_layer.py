@@ -18,13 +18,14 @@ class PILLoraLinear(nn.Module):
     Notation (code ↔ math)::
 
         W_down       (in, rank)   fixed: random_matrix(kind=init, seed) / √in, a non-persistent buffer
+                                  (down="rrr": chosen by the fit, a persistent buffer)
         W_up         (rank, out)  solved (a Parameter; requires_grad False: set it to refine by SGD)
         bias         (out,)       solved intercept b, or None (fit_bias=False)
         input_shift  (in,)        μ, the input mean measured on the first fitting batch (0 if not standardized)
         input_scale  ()           s, √(mean over rows and features of (x − μ)²) (1 if not standardized)
 
     ``W_down`` is regenerated from the seed on construction (drawn in float64 on the CPU, then cast), so a
-    checkpoint stores only ``W_up``, ``bias``, μ and s. ``W_up = b = 0`` until a fit: the layer starts as its
+    checkpoint stores only ``W_up``, ``bias``, μ and s (and ``W_down`` itself when ``down="rrr"`` chose it). ``W_up = b = 0`` until a fit: the layer starts as its
     base, and while ``fitted`` is False the adapter path is skipped entirely.
 
     Args:
@@ -56,9 +57,9 @@ class PILLoraLinear(nn.Module):
         self.down = down  # "random": W_down regenerated from the seed; "rrr": chosen by the fit and stored
         self.disabled = False
         w = base_layer.weight
-        down = random_matrix((self.in_features, self.rank), kind=init, seed=self.seed, dtype=torch.float64)
-        self.register_buffer("W_down", (down / math.sqrt(self.in_features)).to(device=w.device, dtype=w.dtype),
-                             persistent=down == "rrr")
+        W0 = random_matrix((self.in_features, self.rank), kind=init, seed=self.seed, dtype=torch.float64)
+        self.register_buffer("W_down", (W0 / math.sqrt(self.in_features)).to(device=w.device, dtype=w.dtype),
+                             persistent=self.down == "rrr")  # a data-chosen W_down belongs in the state_dict
         self.W_up = nn.Parameter(torch.zeros(self.rank, self.out_features, dtype=w.dtype, device=w.device),
                                  requires_grad=False)
         if self.fit_bias:

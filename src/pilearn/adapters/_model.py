@@ -194,7 +194,8 @@ class PILModel(nn.Module):
 
     # ------------------------------------------------------------------ checkpoints
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """``{"<layer>.W_up", "<layer>.bias", "<layer>.input_shift", "<layer>.input_scale"}``, detached CPU copies."""
+        """``{"<layer>.W_up", "<layer>.bias", "<layer>.input_shift", "<layer>.input_scale"}`` (and ``"<layer>.W_down"``
+        for ``down="rrr"``), detached CPU copies."""
         out: dict[str, torch.Tensor] = {}
         for name, layer in self.adapters.items():
             for key in layer.stored_tensors:
@@ -205,7 +206,8 @@ class PILModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write ``adapter_config.json`` (config, layer names, flags) and ``adapter_model.safetensors`` (W_up, b, μ,
-        s of every layer) to ``save_directory``. ``W_down`` is not written: it is regenerated from the seed."""
+        s of every layer) to ``save_directory``. A seeded ``W_down`` is not written: it is regenerated from the seed; a
+        data-chosen one (``down="rrr"``) is."""
         os.makedirs(save_directory, exist_ok=True)
         meta = {
             "format": FORMAT,

@@ -224,7 +224,8 @@ class RandomProjection(FeatureMap):
             z = torch.addmm(self.bias, x, self.weight, alpha=self.scale)  # b + scale * x @ W, (n, out)
         if torch.is_grad_enabled() and x.requires_grad:
             return self._act(z)
-        return self._act_(z)  # z is ours and no graph needs it: activate in place
+        # z is ours and no graph needs it: activate in place (a map pickled before _act_ existed uses _act)
+        return getattr(self, "_act_", self._act)(z)
 
     def get_config(self) -> dict[str, Any]:
         return {
