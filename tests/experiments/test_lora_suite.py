@@ -31,6 +31,11 @@ def test_registered_and_config_checks():
     with pytest.raises(ValueError, match="at most once"):
         make_config("small", pil_downs=("rrr", "rrr"))
     assert make_config("small", pil_downs="rrr").pil_downs == ("rrr",)
+    with pytest.raises(ValueError, match=r"pil_rounds=2 needs pil_downs=\('random',\)"):
+        make_config("small", pil_rounds=2)
+    with pytest.raises(ValueError, match="pil_rounds must be an int >= 1"):
+        make_config("small", pil_rounds=0)
+    assert make_config("small", pil_rounds=3, pil_downs=("random",)).pil_rounds == 3
 
 
 def _row(group, dataset, family, method="m", **kw):
@@ -85,3 +90,19 @@ def test_classification_group_end_to_end(tmp_path):
     assert all(0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in res["rows"])
     md = (out / "results.md").read_text()
     assert "MiniLM bbc: PIL-LoRA " in md and "MiniLM bbc: PIL-LoRA-RRR " in md and "Seed §3.5's table, measured" in md
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_re_linearized_rounds_end_to_end(tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    assert main(["bench", "lora", "--scale", "smoke", "--only", "cls", "--out", str(out), "--set", *TINY,
+                 "determinism=False", "pil_rounds=2", "pil_downs=random"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    if "cls" in res.get("skipped", {}):
+        pytest.skip(res["skipped"]["cls"])
+    (pil,) = [r for r in res["rows"] if r["family"] == "PIL-LoRA"]
+    assert pil["rounds"] == 2 and len(pil["round_losses"]) == 2
+    for before, after in pil["round_losses"]:  # each round's step search never accepts a worse validation loss
+        assert after <= before
+    assert pil["loss_after"] == pil["round_losses"][-1][1]

@@ -84,6 +84,9 @@ class LoraBenchConfig:
     # W_down of the PIL-LoRA arms: "random" (the seed's fixed projection, activation pil_activation) and/or "rrr"
     # (chosen by reduced-rank ridge, linear; PILLoraConfig.down)
     pil_downs: tuple[str, ...] = ("random", "rrr")
+    # re-linearized rounds of the task-residual fit: round k+1 adds to the adapters (reset=False) a fit to the residuals
+    # of the model after round k (classification: with the head re-solved after each round); random W_down only
+    pil_rounds: int = 1
     lora_lr: float = 1e-3
     lora_alpha_ratio: float = 2.0  # lora_alpha = ratio · r (the common α = 16 at r = 8)
     lora_max_epochs: int = 4
@@ -158,10 +161,12 @@ def _validate(cfg: LoraBenchConfig) -> None:
     one_of("lm_corpora", cfg.lm_corpora, LM_CORPORA)
     one_of("cls_datasets", cfg.cls_datasets, CLS_DATASETS)
     one_of("pil_downs", cfg.pil_downs, ("random", "rrr"))
+    if cfg.pil_rounds > 1 and "rrr" in cfg.pil_downs:
+        raise ValueError(f"pil_rounds={cfg.pil_rounds} needs pil_downs=('random',): an rrr adapter is fitted once")
     if not cfg.pil_downs or len(set(cfg.pil_downs)) != len(cfg.pil_downs):
         raise ValueError(f"pil_downs must name each W_down kind at most once and at least one, got {cfg.pil_downs!r}")
     for name in ("rank", "seq_len", "lm_batch_size", "lm_train_tokens", "lm_valid_tokens", "lm_test_tokens",
-                 "pil_cg_iters", "pil_n_step_groups", "lora_max_epochs", "lora_eval_every", "lora_patience",
+                 "pil_cg_iters", "pil_n_step_groups", "pil_rounds", "lora_max_epochs", "lora_eval_every", "lora_patience",
                  "cls_val_docs", "cls_max_length", "cls_batch_size", "cls_max_epochs", "cls_patience"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -302,15 +307,20 @@ def _lm_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> N
             model = copy.deepcopy(base)
             pil = get_pil_model(model, _pil_config(cfg, targets, down, derive_seed(cfg.seed, "pil-lora", corpus)))
             with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
-                rep = fit_task_residuals(pil, train, schedule=cfg.pil_schedule, valid_batches=valid,
-                                         cg_iters=cfg.pil_cg_iters, n_step_groups=cfg.pil_n_step_groups)
+                round_losses = []
+                for r in range(cfg.pil_rounds):
+                    rep = fit_task_residuals(pil, train, schedule=cfg.pil_schedule, valid_batches=valid,
+                                             cg_iters=cfg.pil_cg_iters, n_step_groups=cfg.pil_n_step_groups,
+                                             reset=r == 0)
+                    round_losses.append((rep.loss_before, rep.loss_after))
             pil_times.append(sw.seconds)
             lay = list(rep.layers.values())
             add("lm", f"{_pil_name(cfg, down)} on {'/'.join(targets)}, task residuals", "PIL-LoRA",
                 {**common, "targets": list(targets), "down": down, "test_ppl": perplexity(pil, test),
                  "valid_ppl": perplexity(pil, valid), "stored": pil.n_adapter_parameters,
                  "train_seconds": sw.seconds, "peak_mb": mem.peak_mb, "passes": rep.n_passes, "step": rep.step,
-                 "loss_before": rep.loss_before, "loss_after": rep.loss_after,
+                 "loss_before": round_losses[0][0], "loss_after": rep.loss_after, "rounds": cfg.pil_rounds,
+                 "round_losses": round_losses,
                  "layer_r2_mean": float(np.mean([l.r2 for l in lay])) if lay else None,
                  "lam_rel": sorted({l.lam_rel for l in lay})})
             del pil, model
@@ -489,9 +499,13 @@ def _cls_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> 
             pil = get_pil_model(copy.deepcopy(base),
                                 _pil_config(cfg, cfg.cls_targets, down, derive_seed(cfg.seed, "pil-lora", name)))
             with PeakMemory(device=cfg.device) as mem, Stopwatch(cfg.device) as sw:
-                rep = fit_task_residuals(pil, train, head=head0, valid_batches=val, schedule=cfg.pil_schedule,
-                                         cg_iters=cfg.pil_cg_iters)
-                head = probe(pil)
+                head, round_losses = head0, []
+                for r in range(cfg.pil_rounds):
+                    rep = fit_task_residuals(pil, train, head=head, valid_batches=val, schedule=cfg.pil_schedule,
+                                             cg_iters=cfg.pil_cg_iters, reset=r == 0)
+                    head = probe(pil)  # round r + 1 pulls back the residuals of the re-solved head
+                    round_losses.append((rep.loss_before, rep.loss_after))
+            rep.round_losses = round_losses
             return pil, head, rep, sw.seconds + probe_seconds, mem.peak_mb
 
         determinism = cfg.determinism and d_index == 0
@@ -507,7 +521,8 @@ def _cls_rows(cfg: LoraBenchConfig, add: Callable[..., dict], results: dict) -> 
                            "stored": pil.n_adapter_parameters + head_numbers,
                            "stored_adapter": pil.n_adapter_parameters, "train_seconds": pil_seconds,
                            "peak_mb": pil_mb, "passes": rep.n_passes + 2, "step": rep.step, "lam_rel": head.lam_,
-                           "loss_before": rep.loss_before, "loss_after": rep.loss_after,
+                           "loss_before": rep.round_losses[0][0], "loss_after": rep.loss_after,
+                           "rounds": cfg.pil_rounds, "round_losses": rep.round_losses,
                            "layer_r2_mean": float(np.mean([l.r2 for l in rep.layers.values()])) if rep.layers
                            else None})
             if determinism and k == 0:
