@@ -33,7 +33,7 @@ def test_reduced_rank_is_the_rank_constrained_optimum(rank, generator):
     X, Y, stats = _problem(generator)
     lam = 3.0
     B = stats.solve(lam).coef
-    W_down, W_up, B_r = reduced_rank(stats, B, lam, rank)
+    W_down, W_up, B_r = reduced_rank(stats.centered()[0], B, lam, rank)
     assert W_down.shape == (12, rank) and W_up.shape == (rank, 7)
     torch.testing.assert_close(B_r, W_down @ W_up)
     assert torch.linalg.matrix_rank(B_r) == rank
@@ -55,7 +55,7 @@ def test_reduced_rank_is_the_rank_constrained_optimum(rank, generator):
 def test_full_rank_reduces_to_the_ridge_solution_and_extra_columns_are_zero(generator):
     X, Y, stats = _problem(generator)
     B = stats.solve(0.5).coef
-    W_down, W_up, B_r = reduced_rank(stats, B, 0.5, 9)  # rank 9 > 7 outputs
+    W_down, W_up, B_r = reduced_rank(stats.centered()[0], B, 0.5, 9)  # rank 9 > 7 outputs
     torch.testing.assert_close(B_r, B, atol=1e-12, rtol=1e-10)
     assert torch.count_nonzero(W_down[:, 7:]) == 0 and torch.count_nonzero(W_up[7:]) == 0
 
@@ -87,7 +87,7 @@ def test_rrr_adapter_fits_the_optimum_and_beats_a_random_down_projection():
             from pilearn.solvers import lam_scale
 
             lam = 1e-4 * lam_scale(stats)
-            _, _, B_r = reduced_rank(stats, stats.solve(lam).coef, lam, 2)
+            _, _, B_r = reduced_rank(stats.centered()[0], stats.solve(lam).coef, lam, 2)
             torch.testing.assert_close((layer.W_down.to(F64) @ layer.W_up.to(F64)), B_r, atol=1e-4, rtol=1e-3)
     assert reports["rrr"] > 0.99 and reports["rrr"] > reports["random"] + 0.1
 

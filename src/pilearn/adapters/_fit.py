@@ -362,13 +362,13 @@ class LayerSolver:
             lam_rel = float(self.lam)
         sol = stats.solve(lam_rel * scale)
         coef, intercept, fitted_coef = sol.coef, sol.intercept, sol.coef
+        G_c, _, yy_c = stats.centered()
         if self.rrr:
-            W_down, coef, fitted_coef = reduced_rank(stats, sol.coef, sol.lam, self.layer.rank)
+            W_down, coef, fitted_coef = reduced_rank(G_c, sol.coef, sol.lam, self.layer.rank)
             intercept = stats._intercept(fitted_coef)
             self.layer.set_down(W_down)
         self.layer.add_solution(coef, intercept if self.layer.fit_bias else None, step)
         sse = stats.mse(fitted_coef, intercept) * stats.n * stats.n_targets
-        _, _, yy_c = stats.centered()
         sst = float(yy_c.sum()) if stats.fit_intercept else float(stats.yy.sum())
         r2 = 1.0 - sse / sst if sst > 0 else 1.0
         rms = math.sqrt(max(float(stats.yy.sum()), 0.0) / (stats.n * stats.n_targets))
@@ -377,7 +377,7 @@ class LayerSolver:
         return report, coef, intercept
 
 
-def reduced_rank(stats: RidgeStats, B: torch.Tensor, lam: float,
+def reduced_rank(G: torch.Tensor, B: torch.Tensor, lam: float,
                  rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reduced-rank ridge regression from the statistics: (W_down (in, rank), W_up (rank, out), B_r = W_down W_up).
 
@@ -385,9 +385,9 @@ def reduced_rank(stats: RidgeStats, B: torch.Tensor, lam: float,
     targets [Y; 0], the rank-r problem min ‖Y − X̂B‖² + λ‖B‖² s.t. rank B ≤ r is a reduced-rank regression, solved
     by projecting B onto the top-r eigenvectors V_r of its fitted values' covariance Bᵀ(G̃ + λI)B: B_r = B V_r V_rᵀ,
     and its loss exceeds the full-rank loss by exactly the eigenvalues left out. Columns past the number of
-    non-zero directions (rank > out) are zero.
+    non-zero directions (rank > out) are zero. G is the full centred Gram G̃ (``RidgeStats.centered``); it is
+    overwritten with G̃ + λI.
     """
-    G, _, _ = stats.centered()
     G.diagonal().add_(lam)
     S = B.T @ G @ B
     S = (S + S.T) / 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -58,46 +59,16 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-def gelu_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`gelu` written into ``x``."""
-    return torch.ops.aten.gelu_(x)
-
-
-def relu_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`relu` written into ``x``."""
-    return F.relu_(x)
-
-
-def leaky_relu_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`leaky_relu` written into ``x``."""
-    return F.leaky_relu_(x, negative_slope=0.01)
-
-
-def tanh_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`tanh` written into ``x``."""
-    return torch.tanh_(x)
-
-
-def sigmoid_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`sigmoid` written into ``x``."""
-    return torch.sigmoid_(x)
-
-
-def sine_(x: torch.Tensor) -> torch.Tensor:
-    """:func:`sine` written into ``x``."""
-    return torch.sin_(x)
-
-
 #: In-place versions, bit for bit equal to :data:`ACTIVATIONS`: for a pre-activation the caller owns and needs no
-#: gradient through, they save one (n, d) allocation (page faults on every batch) and one memory pass. Module-level
-#: functions, so a feature map holding one pickles.
+#: gradient through, they save one (n, d) allocation (page faults on every batch) and one memory pass. Looked up by
+#: name when called (:func:`get_activation_`), never stored on a module, so they need not pickle.
 ACTIVATIONS_INPLACE: dict[str, Activation] = {
-    "gelu": gelu_,
-    "relu": relu_,
-    "leaky_relu": leaky_relu_,
-    "tanh": tanh_,
-    "sigmoid": sigmoid_,
-    "sine": sine_,
+    "gelu": torch.ops.aten.gelu_,
+    "relu": F.relu_,
+    "leaky_relu": functools.partial(F.leaky_relu_, negative_slope=0.01),
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "sine": torch.sin_,
     "identity": identity,
 }
 

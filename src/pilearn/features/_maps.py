@@ -200,7 +200,6 @@ class RandomProjection(FeatureMap):
         self.kind = kind
         self.activation = activation
         self._act = get_activation(activation)
-        self._act_ = get_activation_(activation)
         self.use_bias = check_bool("bias", bias)
         self.scale = 1.0 / math.sqrt(self.in_features) if scale is None else check_positive_float("scale", scale)
         self._scale_arg = None if scale is None else self.scale
@@ -224,8 +223,7 @@ class RandomProjection(FeatureMap):
             z = torch.addmm(self.bias, x, self.weight, alpha=self.scale)  # b + scale * x @ W, (n, out)
         if torch.is_grad_enabled() and x.requires_grad:
             return self._act(z)
-        # z is ours and no graph needs it: activate in place (a map pickled before _act_ existed uses _act)
-        return getattr(self, "_act_", self._act)(z)
+        return get_activation_(self.activation)(z)  # z is ours and no graph needs it: activate in place
 
     def get_config(self) -> dict[str, Any]:
         return {

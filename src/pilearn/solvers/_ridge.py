@@ -476,12 +476,18 @@ class RidgeStats:
 
     def centered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The centred statistics (G̃, C̃, ‖Ỹ‖² per column): full symmetric G̃ = HᵀDH − n h̄h̄ᵀ, etc."""
+        return self._centered(full=True)
+
+    def _centered(self, full: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`centered`; with ``full=False`` only G̃'s lower triangle is valid — what :func:`spd_solve` reads —
+        from one plain copy: the full matrix costs a strided transpose pass over d² entries the solve never reads.
+        The lower triangle is the same bit for bit either way."""
         self._check_nonempty()
         if self._rows is not None:
             stats = self.copy()
             stats._flush_rows()
-            return stats.centered()
-        G = symmetrize(self.G)
+            return stats._centered(full)
+        G = symmetrize(self.G) if full else self.G.clone(memory_format=torch.contiguous_format)
         C = self.C.clone()
         h_sum, y_sum, yy, n = self._sums()
         yy = yy.clone()
@@ -491,24 +497,6 @@ class RidgeStats:
             C -= n * torch.outer(h_mean, y_mean)
             yy -= n * y_mean * y_mean
         return G, C, yy
-
-    def _centered_lower(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(G̃ with only its lower triangle valid, C̃): what :func:`spd_solve` reads, from one d × d copy.
-
-        The lower triangle equals :meth:`centered`'s bit for bit; forming the full matrix there costs a strided
-        transpose pass over d² entries that the solve never reads."""
-        if self._rows is not None:
-            stats = self.copy()
-            stats._flush_rows()
-            return stats._centered_lower()
-        G = self.G.clone(memory_format=torch.contiguous_format)
-        C = self.C.clone()
-        if self.fit_intercept:
-            h_sum, y_sum, _, n = self._sums()
-            h_mean, y_mean = h_sum / n, y_sum / n
-            G -= torch.outer(h_mean, h_mean).mul_(n)
-            C -= n * torch.outer(h_mean, y_mean)
-        return G, C
 
     def _intercept(self, coef: torch.Tensor) -> torch.Tensor:
         if not self.fit_intercept:
@@ -540,7 +528,7 @@ class RidgeStats:
         self._check_nonempty()
         if self._rows is not None and self.n_rows < self.n_features:
             return self._solve_dual(lam)
-        G, C = self._centered_lower()
+        G, C, _ = self._centered(full=False)
         G.diagonal().add_(lam)
         coef, method = spd_solve(G, C)
         return RidgeSolution(coef, self._intercept(coef), lam, method)
@@ -555,7 +543,7 @@ class RidgeStats:
             for lam in lams:
                 yield self.solve(lam)
             return
-        G, C = self._centered_lower()
+        G, C, _ = self._centered(full=False)
         diag = G.diagonal().clone()
         for lam in lams:
             lam = self._check_lam(lam)
