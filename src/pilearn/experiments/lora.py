@@ -638,6 +638,11 @@ def run_lora(cfg: LoraBenchConfig, command: str = "pilearn bench lora") -> dict:
 # ---------------------------------------------------------------------------------------------- report
 
 
+def _kind(row: dict) -> str:
+    """The label of a PIL-LoRA row in bars and plots: its W_down kind."""
+    return "PIL-LoRA-RRR" if row.get("down") == "rrr" else "PIL-LoRA"
+
+
 def _find(rows: list[dict], group: str, dataset: str, family: str, method_part: str | None = None) -> dict | None:
     for r in rows:
         if r["group"] == group and r["dataset"] == dataset and r["family"] == family and (
@@ -670,7 +675,7 @@ def bars(results: dict) -> list[str]:
                  and r is not pil]
         for r in extra:
             s = (frozen["test_ppl"] - r["test_ppl"]) / red_lora if red_lora > 0 else float("nan")
-            kind = "PIL-LoRA-RRR" if r.get("down") == "rrr" else "PIL-LoRA"
+            kind = _kind(r)
             line += (f"; {kind} on {'/'.join(r['targets'])}: {r['test_ppl']:.2f} ({100 * s:.0f} % of the reduction, "
                      f"{100 * r['train_seconds'] / lora['train_seconds']:.0f} % of the time)")
         out.append(line)
@@ -686,7 +691,7 @@ def bars(results: dict) -> list[str]:
 
 
 def _cls_bar(name: str, pil: dict, lora: dict) -> str:
-    kind = "PIL-LoRA-RRR" if pil.get("down") == "rrr" else "PIL-LoRA"
+    kind = _kind(pil)
     gap = 100 * (lora["accuracy"] - pil["accuracy"])
     mem_ok = pil["peak_mb"] < lora["peak_mb"]
     return (f"MiniLM {name}: {kind} {100 * pil['accuracy']:.2f} % vs LoRA {100 * lora['accuracy']:.2f} % "
@@ -786,7 +791,7 @@ def plot(results: dict, path: Path) -> None:
             ax.axhline(frozen["valid_ppl"], ls="--", color="gray", lw=1, label="frozen")
         for r, color in zip([r for r in results["rows"] if r["group"] == "lm" and r["dataset"] == corpus
                              and r["family"] == "PIL-LoRA"], ("tab:red", "tab:orange", "tab:purple", "tab:brown")):
-            kind = "PIL-LoRA-RRR" if r.get("down") == "rrr" else "PIL-LoRA"
+            kind = _kind(r)
             ax.plot([r["train_seconds"]], [r["valid_ppl"]], marker="*", ms=12, ls="none", color=color,
                     label=f"{kind} {'/'.join(r['targets'])}")
         ax.set_xlabel("training / fitting seconds")
