@@ -16,6 +16,7 @@ from pilearn.features import (
     feature_map_from_config,
     get_activation,
     random_matrix,
+    stream_features,
 )
 
 FACTORIES = {
@@ -294,3 +295,43 @@ def test_random_projection_in_place_activation_keeps_values_and_gradients(activa
     expected_fn = get_activation(activation)(torch.addmm(fmap.bias, xr, fmap.weight, alpha=fmap.scale))
     expected_fn.sum().backward()
     torch.testing.assert_close(xg.grad, xr.grad)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_out_buffer_gives_the_same_features_bit_for_bit(name, x):
+    fmap = FACTORIES[name](seed=3)
+    inp = x if name not in ("conv", "conv_normalized") else x[:, : fmap.in_features]
+    ref = fmap(inp)
+    buf = torch.full_like(ref, float("nan"))
+    with torch.no_grad():
+        got = fmap(inp, out=buf)
+    assert got.data_ptr() == buf.data_ptr()
+    assert torch.equal(got, ref)
+
+
+def test_out_buffer_is_checked(x):
+    fmap = RandomProjection(12, 30)
+    good = torch.empty(x.shape[0], 30)
+    with pytest.raises(ValueError, match=r"out must be a contiguous torch.float32 tensor of shape \(7, 30\).*\(7, 31\)"):
+        fmap(x, out=torch.empty(x.shape[0], 31))
+    with pytest.raises(ValueError, match="out must be .*got torch.float64"):
+        fmap(x, out=good.double())
+    with pytest.raises(ValueError, match="non-contiguous"):
+        fmap(x, out=torch.empty(30, x.shape[0]).T)
+    with pytest.raises(TypeError, match="out must be a torch.Tensor or None, got ndarray"):
+        fmap(x, out=good.numpy())
+    with pytest.raises(ValueError, match="torch.no_grad"):
+        fmap(x.clone().requires_grad_(), out=good)
+
+
+def test_stream_features_reuses_one_buffer_and_matches_fresh_features(generator):
+    fmap = RandomProjection(12, 30, seed=1)
+    xs = [torch.randn(n, 12, generator=generator) for n in (5, 5, 3, 8)]
+    seen = []
+    for (H, tag), x in zip(stream_features(fmap, ((x, i) for i, x in enumerate(xs))), xs):
+        assert torch.equal(H, fmap(x))
+        seen.append((H.data_ptr(), tag, H.shape[0]))
+    assert [t for _, t, _ in seen] == [0, 1, 2, 3]
+    assert seen[0][0] == seen[1][0] == seen[2][0]  # one buffer while batches fit in it; grown for the longer one
+    with pytest.raises(TypeError, match="non-empty tuples"):
+        next(stream_features(fmap, iter([xs[0]])))

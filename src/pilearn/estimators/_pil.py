@@ -25,6 +25,7 @@ from ..features import (
     FeatureMap,
     RandomProjection,
     feature_map_from_config,
+    stream_features,
 )
 from ..solvers import RidgeStats
 from ._common import DEFAULT_HOLDOUT_GRID, check_common_params, holdout_scan, lam_scale
@@ -185,7 +186,13 @@ class _BasePIL(BaseEstimator):
                          for a in arrays)
             yield (xb, *rest)
 
-    def _transform_batches(self, X: np.ndarray, *arrays: np.ndarray | None) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _transform_batches(self, X: np.ndarray, *arrays: np.ndarray | None,
+                           reuse: bool = False) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(features, *arrays) per batch; with ``reuse`` every batch's features overwrite one buffer
+        (:func:`~pilearn.features.stream_features`), for loops that consume a batch before the next."""
+        if reuse:
+            yield from stream_features(self.feature_map_, self._batches(X, *arrays))
+            return
         with torch.no_grad():
             for xb, *rest in self._batches(X, *arrays):
                 yield (self.feature_map_(xb), *rest)
@@ -212,7 +219,8 @@ class _BasePIL(BaseEstimator):
         held = RidgeStats(d, k, dual=False, device=self.device)
         kept = self.stats_
         # one pass over the data: each feature batch is split by the mask (no copies of X)
-        for i, (H, Tb, wb) in zip(range(0, X.shape[0], self.batch_size), self._transform_batches(X, T, sample_weight)):
+        starts = range(0, X.shape[0], self.batch_size)
+        for i, (H, Tb, wb) in zip(starts, self._transform_batches(X, T, sample_weight, reuse=True)):
             m = torch.as_tensor(hold[i : i + self.batch_size], device=H.device)
             for stats, sel in ((held, m), (kept, ~m)):
                 if bool(sel.any()):
@@ -228,12 +236,12 @@ class _BasePIL(BaseEstimator):
     def _accumulate(self, X: np.ndarray, T: np.ndarray, sample_weight: np.ndarray | None, sign: int = 1) -> None:
         """Add (``sign`` > 0) or remove the rows' statistics; with ``distributed``, those of every rank's rows."""
         if sign > 0 and not self.distributed:
-            for H, Tb, wb in self._transform_batches(X, T, sample_weight):
+            for H, Tb, wb in self._transform_batches(X, T, sample_weight, reuse=True):
                 self.stats_.update(H, Tb, wb, check_finite=False)  # X and y passed validate_data
             self.stats_.release_workspace()
             return
         delta = RidgeStats(self.stats_.n_features, self.stats_.n_targets, dual=False, device=self.device)
-        for H, Tb, wb in self._transform_batches(X, T, sample_weight):
+        for H, Tb, wb in self._transform_batches(X, T, sample_weight, reuse=True):
             delta.update(H, Tb, wb, check_finite=False)
         delta.release_workspace()
         if self.distributed:

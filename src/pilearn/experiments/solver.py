@@ -3,14 +3,16 @@
 Row groups (``--only``):
 
 * ``floor``: for every (N, d) fitted below, the fastest symmetric Gram HᵀH of an N × d float64 matrix — the
-  minimum of :func:`~pilearn.solvers.gram_update_` (BLAS ``dsyrk`` on the CPU) and torch ``H.T @ H`` — and a general
+  minimum of :func:`~pilearn.solvers.gram_update_` (BLAS ``dsyrk`` on the CPU) on the whole matrix, the same over
+  slices of ``batch_size`` rows (a streamed fit's batches), and torch ``H.T @ H`` — and a general
   product AᵀB of the same shape (GEMM). Seconds and GFLOP/s: a Gram counts its N·d·(d+1) useful flops whichever
   routine forms it, a GEMM its 2·N·d². Operands larger than ``floor_max_bytes`` are processed in row blocks (the
   same flops; recorded as ``block_rows``).
 * ``fit``: the library path a user runs, for every N in ``ns`` and d in ``ds``: seeded random features
   (:class:`~pilearn.features.RandomProjection`, 784 → d, GELU, float32) of MNIST training images (``pilearn.data``;
   a fixed seeded input matrix when MNIST is not installed — ``results["data"]`` says which), streamed in batches
-  (:func:`~pilearn.solvers.array_batches`) into :class:`~pilearn.solvers.RidgeStats` by
+  (:func:`~pilearn.solvers.array_batches`; features into one reused buffer, :func:`~pilearn.features.stream_features`,
+  as the estimators do) into :class:`~pilearn.solvers.RidgeStats` by
   :func:`~pilearn.solvers.fit_stream`, then one solve. Data, features, accumulation and solve are timed apart, and
   the fit is reported as a ratio to the floor of the same run. Each fit runs in a fresh process whose peak
   resident memory is measured above its level after imports and data loading (the kernel's high-water mark is
@@ -51,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..features import RandomProjection
+from ..features import RandomProjection, stream_features
 from ..solvers import RidgeStats, array_batches, fit_stream, gram_update_, lam_scale
 from ._results import Stopwatch, default_out_dir, environment, markdown_table, write_results
 
@@ -232,9 +234,13 @@ def measure_floor(n: int, d: int, cfg: SolverConfig) -> dict[str, Any]:
     G = torch.zeros(d, d, dtype=_F64, device=dev)
     gram_update_(G, H[: min(rows, 256)])  # thread pools and code paths warm
 
-    def syrk() -> None:
-        for r in blocks:
-            gram_update_(G, H[:r])
+    def syrk(step: int | None = None) -> Callable[[], None]:
+        """gram_update_ over the row blocks, or over slices of ``step`` rows (the fits' batches) of each."""
+        def run() -> None:
+            for r in blocks:
+                for i in range(0, r, step or r):
+                    gram_update_(G, H[i : min(r, i + (step or r))])
+        return run
 
     def product(right: torch.Tensor) -> Callable[[], None]:
         """Hᵀ·right over the row blocks: the Gram torch would form (right = H), or a GEMM (right = B)."""
@@ -246,16 +252,24 @@ def measure_floor(n: int, d: int, cfg: SolverConfig) -> dict[str, Any]:
                     G.addmm_(H[:r].T, right[:r])
         return run
 
-    t_syrk, rep_syrk = _best_time(syrk, cfg)
+    t_syrk, rep_syrk = _best_time(syrk(), cfg)
+    # the same Gram as a sum of batch-sized syrks, the way a streamed fit forms it: BLAS blocks a short operand
+    # differently and can be faster; the floor is the fastest way, so it is a candidate
+    batched = cfg.batch_size < rows
+    t_batch, rep_batch = _best_time(syrk(cfg.batch_size), cfg) if batched else (t_syrk, 0)
     t_torch, rep_torch = _best_time(product(H), cfg)
     B = torch.rand(rows, d, generator=g, dtype=_F64).to(dev)
     t_gemm, rep_gemm = _best_time(product(B), cfg)
     gram_flops, gemm_flops = n * d * (d + 1), 2 * n * d * d
-    floor = min(t_syrk, t_torch)
-    return {"n": n, "d": d, "block_rows": rows, "syrk_seconds": t_syrk, "torch_gram_seconds": t_torch,
-            "gemm_seconds": t_gemm, "repeats": [rep_syrk, rep_torch, rep_gemm], "floor_seconds": floor,
-            "floor_method": "gram_update_" if t_syrk <= t_torch else "torch H.T @ H",
-            "syrk_gflops": gram_flops / t_syrk / 1e9, "torch_gram_gflops": gram_flops / t_torch / 1e9,
+    candidates = {"gram_update_": t_syrk, f"gram_update_ in {cfg.batch_size}-row batches": t_batch,
+                  "torch H.T @ H": t_torch}
+    method = min(candidates, key=candidates.__getitem__)
+    floor = candidates[method]
+    return {"n": n, "d": d, "block_rows": rows, "syrk_seconds": t_syrk, "syrk_batched_seconds": t_batch,
+            "torch_gram_seconds": t_torch, "gemm_seconds": t_gemm, "repeats": [rep_syrk, rep_batch, rep_torch, rep_gemm],
+            "floor_seconds": floor, "floor_method": method,
+            "syrk_gflops": gram_flops / t_syrk / 1e9, "syrk_batched_gflops": gram_flops / t_batch / 1e9,
+            "torch_gram_gflops": gram_flops / t_torch / 1e9,
             "floor_gflops": gram_flops / floor / 1e9, "gemm_gflops": gemm_flops / t_gemm / 1e9}
 
 
@@ -301,23 +315,32 @@ def fit_once(spec: dict[str, Any], X: np.ndarray, y: np.ndarray) -> dict[str, An
         fmap = RandomProjection(D_IN, d, activation="gelu", seed=spec["seed"], dtype=torch.float32, device=dev)
         stats = RidgeStats(d, N_CLASSES, dual=False, device=dev)  # the Gram path at every N (no kept rows)
 
-    def timed_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def timed_rows() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         rows = _row_batches(X, y, n, bs, dev)
         while True:
-            _sync(dev)  # the previous batch's queued GPU accumulation belongs to "accumulate", not to this batch
             t0 = time.perf_counter()
             batch = next(rows, None)
-            t1 = time.perf_counter()
-            t["data"] += t1 - t0
+            t["data"] += time.perf_counter() - t0
             if batch is None:
                 return
-            with torch.no_grad():
-                H = fmap(batch[0])
-                Y = F.one_hot(batch[1], N_CLASSES).to(torch.float32)
+            yield batch
+            del batch
+
+    def timed_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # the estimators' path: every batch's features written into one reused buffer (stream_features)
+        feats = stream_features(fmap, timed_rows())
+        while True:
+            _sync(dev)  # the previous batch's queued GPU accumulation belongs to "accumulate", not to this batch
+            t1, data_before = time.perf_counter(), t["data"]
+            item = next(feats, None)
+            if item is None:
+                return
+            H, labels = item
+            Y = F.one_hot(labels, N_CLASSES).to(torch.float32)
             _sync(dev)
-            t["features"] += time.perf_counter() - t1
+            t["features"] += time.perf_counter() - t1 - (t["data"] - data_before)
             yield H, Y
-            del batch, H, Y  # a suspended generator's locals stay alive: drop them before the next batch
+            del item, H, labels, Y  # a suspended generator's locals stay alive: drop them before the next batch
 
     with Stopwatch(dev) as sw_stream:
         fit_stream(stats, timed_batches(), check_finite=False)
@@ -341,26 +364,27 @@ def fit_once(spec: dict[str, Any], X: np.ndarray, y: np.ndarray) -> dict[str, An
 
 
 def _anatomy(stats: RidgeStats, fmap: RandomProjection, X: np.ndarray, bs: int, dev: str) -> dict[str, float]:
-    """Seconds of one full batch's parts: feature GEMM, activation, float32 → float64 copy into the rows, syrk."""
+    """Seconds of one full batch's parts, into buffers already touched (as in the stream, where they are reused):
+    feature GEMM, activation, float32 → float64 copy into the rows, syrk."""
     x = torch.from_numpy(X[:bs]).to(dev)
     res: dict[str, float] = {}
     with torch.no_grad():
+        z = torch.zeros(x.shape[0], fmap.out_features, dtype=fmap.weight.dtype, device=x.device)
+        A = torch.zeros(x.shape[0], stats.M.shape[0], dtype=_F64, device=x.device)
+        M = torch.zeros_like(stats.M)
         with Stopwatch(dev) as sw:
-            z = torch.addmm(fmap.bias, x, fmap.weight, alpha=fmap.scale)
+            torch.addmm(fmap.bias, x, fmap.weight, alpha=fmap.scale, out=z)
         res["feature_gemm"] = sw.seconds
         with Stopwatch(dev) as sw:
-            H = F.gelu(z)
+            torch.ops.aten.gelu_(z)
         res["activation"] = sw.seconds
-        del z
-        A = torch.empty(H.shape[0], stats.M.shape[0], dtype=_F64, device=H.device)
         with Stopwatch(dev) as sw:
-            A[:, : H.shape[1]] = H
+            A[:, : z.shape[1]] = z
         res["copy_to_float64"] = sw.seconds
-        M = torch.zeros_like(stats.M)
         with Stopwatch(dev) as sw:
             gram_update_(M, A)
         res["syrk"] = sw.seconds
-    res["rows"] = H.shape[0]
+    res["rows"] = x.shape[0]
     return res
 
 
@@ -538,6 +562,7 @@ def bars(results: dict) -> list[str]:
 
 
 FLOOR_COLUMNS = [("n", "N"), ("d", "d"), ("syrk_seconds", "gram_update_ s"), ("syrk_gflops", "GFLOP/s"),
+                 ("syrk_batched_seconds", "in batches s"), ("syrk_batched_gflops", "GFLOP/s  "),
                  ("torch_gram_seconds", "H.T @ H s"), ("torch_gram_gflops", "GFLOP/s "),
                  ("gemm_seconds", "GEMM s"), ("gemm_gflops", "GEMM GFLOP/s"), ("floor_seconds", "floor s")]
 FIT_COLUMNS = [("n", "N"), ("d", "d"), ("solve_method", "solve"), ("data_seconds", "data s"),
@@ -569,11 +594,13 @@ def render_markdown(results: dict) -> str:
         parts += ["## Floor: the fastest float64 Gram HᵀH of an N × d matrix, and a GEMM of the same shape", "",
                   markdown_table(results["floor"], FLOOR_COLUMNS), "",
                   "Gram GFLOP/s count the N·d·(d+1) flops of one triangle whichever routine forms it; GEMM GFLOP/s "
-                  "count 2·N·d². The floor is the faster Gram.", ""]
+                  "count 2·N·d². 'in batches': gram_update_ over slices of the fits' batch size. The floor is the fastest "
+                  "of the three Grams (floor_method in results.json).", ""]
     if results["fits"]:
         parts += ["## Fit: features → RidgeStats (fit_stream) → solve, each in a fresh process", "",
                   markdown_table(fit_rows(results), FIT_COLUMNS), "",
-                  "fit = feature-map and statistics set-up + data + features + accumulate + solve. Peak memory is the "
+                  "fit = feature-map and statistics set-up + data + features (into one reused buffer) + accumulate + "
+                  "solve. Peak memory is the "
                   "resident high-water mark above the process's level after imports and data loading "
                   f"({results['fits'][0]['memory_method']}); 'accumulate' is the peak before the solve. "
                   "8d² + batch: the float64 statistics plus one batch (input, pre-activation and features in "

@@ -17,6 +17,7 @@ from ._maps import (
     RandomProjection,
     feature_map_from_config,
     register_feature_map,
+    stream_features,
 )
 from ._random import MATRIX_KINDS, derive_seed, make_generator, random_matrix
 
@@ -38,4 +39,5 @@ __all__ = [
     "random_matrix",
     "register_feature_map",
     "sinusoidal_embedding",
+    "stream_features",
 ]

@@ -184,10 +184,11 @@ class RandomConvFeatures(FeatureMap):
         # MNIST images with 64 filters is 8.8 GB, and materializing it (plus its biased and activated
         # copies) made the map memory-bound (36 s for 64 filters on the 2-core reference machine). Each
         # chunk's buffers are freed and reused by the allocator, and results are written into one output.
-        n = x.shape[0]
-        out = torch.empty((n, self.out_features), dtype=x.dtype, device=x.device)
+        return self._features_into(x, torch.empty((x.shape[0], self.out_features), dtype=x.dtype, device=x.device))
+
+    def _features_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         step = self._chunk_rows()
-        for start in range(0, n, step):
+        for start in range(0, x.shape[0], step):
             out[start:start + step] = self._features_chunk(x[start:start + step])
         return out  # (n, n_filters·H_p·W_p)
 

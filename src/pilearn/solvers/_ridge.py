@@ -470,7 +470,8 @@ class RidgeStats:
     def _check_nonempty(self) -> None:
         if self.n_rows == 0 or self.n <= 0:
             raise ValueError("RidgeStats holds no data (n_rows=0 or total weight 0); call update() first")
-        if self._rows is None and not bool(torch.isfinite(self.M).all()):
+        # a sum is finite only if every term is: one pass without a D × D boolean temporary, exact check on failure
+        if self._rows is None and not math.isfinite(float(self.M.sum())) and not bool(torch.isfinite(self.M).all()):
             raise ValueError("RidgeStats holds NaN or infinite statistics: a batch passed with check_finite=False "
                              "had non-finite features or targets (e.g. an overflowing feature map)")
 
@@ -493,7 +494,7 @@ class RidgeStats:
         yy = yy.clone()
         if self.fit_intercept:
             h_mean, y_mean = h_sum / n, y_sum / n
-            G -= torch.outer(h_mean, h_mean).mul_(n)  # = n · h̄h̄ᵀ with one d × d temporary, not two
+            G.addr_(h_mean, h_mean, alpha=-n)  # G − n · h̄h̄ᵀ in one pass, no d × d temporary
             C -= n * torch.outer(h_mean, y_mean)
             yy -= n * y_mean * y_mean
         return G, C, yy
