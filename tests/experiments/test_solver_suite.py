@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -93,7 +94,9 @@ def test_fit_env_reaches_the_fit_processes_and_is_checked(tmp_path):
                  "ds=(16,)", "batch_size=64", "data=synthetic", "fit_env=('OMP_WAIT_POLICY=PASSIVE',)"]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["fit_env"] == ["OMP_WAIT_POLICY=PASSIVE"]
-    assert res["fits"][0]["env"] == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = res["fits"][0]["env"]
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env["OPENBLAS_THREAD_TIMEOUT"] == os.environ["OPENBLAS_THREAD_TIMEOUT"]  # recorded whatever fit_env says
     with pytest.raises(ValueError, match="fit_env entries must be 'NAME=VALUE' strings, got 'PASSIVE'"):
         make_config("smoke", fit_env=("PASSIVE",))
     with pytest.raises(ValueError, match="need subprocess=True"):

@@ -104,6 +104,10 @@ SCALES: dict[str, dict[str, Any]] = {
     "small": {},
     "full": dict(ds=(1_024, 2_048, 4_096, 8_192, 16_384), device="cuda"),
 }
+# thread-pool and allocator settings that change a fit's time or memory: each fit row records what its process saw
+# (pilearn sets OPENBLAS_THREAD_TIMEOUT=16 when it is not exported; see pilearn/__init__.py)
+_RECORDED_ENV = ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MALLOC_MMAP_THRESHOLD_")
+
 _TUPLE_FIELDS = ("groups", "ns", "ds", "flat_ns", "fit_env")
 
 
@@ -489,7 +493,7 @@ def run_solver(cfg: SolverConfig, command: str = "pilearn bench solver") -> dict
             for n, d, group in sizes:
                 spec = {"n": n, "d": d, "batch_size": cfg.batch_size, "device": cfg.device, "seed": cfg.seed,
                         "lam_rel": cfg.lam_rel, "x_path": str(Path(tmp) / "x.npy"), "y_path": str(Path(tmp) / "y.npy"),
-                        "env_names": [item.split("=", 1)[0] for item in cfg.fit_env]}
+                        "env_names": list(dict.fromkeys([*_RECORDED_ENV, *(e.split("=", 1)[0] for e in cfg.fit_env)]))}
                 row = {"group": group, **_run_fit(spec, cfg, X, y)}
                 results["fits"].append(row)
                 write_results(out, results)
