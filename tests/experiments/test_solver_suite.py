@@ -91,8 +91,11 @@ def test_only_groups_and_in_process_fits(tmp_path):
 def test_fit_env_reaches_the_fit_processes_and_is_checked(tmp_path):
     out = tmp_path / "solver"
     assert main(["bench", "solver", "--scale", "smoke", "--out", str(out), "--only", "fit", "--set", "ns=(200,)",
-                 "ds=(16,)", "batch_size=64", "data=synthetic", "fit_env=('OMP_WAIT_POLICY=PASSIVE',)"]) == 0
+                 "ds=(16,)", "batch_size=64", "data=synthetic", "fit_env=('OMP_WAIT_POLICY=PASSIVE',)",
+                 "fit_repeats=2"]) == 0
     res = json.loads((out / "results.json").read_text())
+    row = res["fits"][0]
+    assert len(row["fit_seconds_all"]) == 2 and row["fit_seconds"] == min(row["fit_seconds_all"])
     assert res["config"]["fit_env"] == ["OMP_WAIT_POLICY=PASSIVE"]
     env = res["fits"][0]["env"]
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"
