@@ -6,7 +6,10 @@ import warnings
 
 import torch
 
-__all__ = ["IllConditionedWarning", "spd_solve", "MAX_CONDITION"]
+__all__ = ["IllConditionedWarning", "spd_solve", "cholesky_solve_", "cholesky_lower_", "MAX_CONDITION"]
+
+#: Panel width of :func:`cholesky_lower_`'s blocked factorization on the CPU.
+CHOLESKY_BLOCK = 512
 
 #: Condition number above which a Cholesky solve is not trusted (float64 has ~16 digits;
 #: past 1e12 fewer than 4 of them survive in the solution).
@@ -34,14 +37,9 @@ def spd_solve(A: torch.Tensor, B: torch.Tensor, *, max_condition: float = MAX_CO
     Returns:
         ``(X, method)`` with X of shape (d, k) and method ``"cholesky"`` or ``"eigh"``.
     """
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info) == 0:
-        diag = L.diagonal()
-        cond_lb = float((diag.max() / diag.min()) ** 2)
-        if cond_lb <= max_condition:
-            # two triangular solves: torch.cholesky_solve copies L to its own layout first (3× slower at d = 4,096)
-            Z = torch.linalg.solve_triangular(L, B, upper=False)
-            return torch.linalg.solve_triangular(L.mT, Z, upper=True), "cholesky"
+    X = cholesky_solve_(A.clone(memory_format=torch.contiguous_format), B, max_condition=max_condition)
+    if X is not None:
+        return X, "cholesky"
     s, V = torch.linalg.eigh(A, UPLO="L")
     s_max = float(s.abs().max()) if s.numel() else 0.0
     rtol = A.shape[0] * torch.finfo(A.dtype).eps
@@ -58,3 +56,52 @@ def spd_solve(A: torch.Tensor, B: torch.Tensor, *, max_condition: float = MAX_CO
     )
     inv = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
     return V @ (inv[:, None] * (V.T @ B)), "eigh"
+
+
+def cholesky_lower_(A: torch.Tensor, *, block: int = CHOLESKY_BLOCK) -> int:
+    """Factor a symmetric positive definite ``A`` in place: its lower triangle becomes L with ``A = L Lᵀ``.
+
+    Only the lower triangle is read; on return the upper triangle is zero. On the CPU, for a contiguous float64
+    matrix wider than two panels, this is a left-looking blocked Cholesky: each panel of ``block`` columns is first
+    updated by one GEMM with the columns already factored (the lower trapezoid only: d³/3 flops in all, as
+    LAPACK's ``potrf``), then its diagonal block is factored by LAPACK and the rows below it by a triangular solve.
+    The GEMMs run at the machine's matrix-product rate, where MKL's ``dpotrf`` of the whole matrix ran at about
+    60 % of it on the 2-core reference machine (0.49 s against 0.44 s at d = 4,096), and no second d × d matrix
+    is allocated. Elsewhere (GPU, small or non-contiguous matrices) it is ``torch.linalg.cholesky_ex`` copied back.
+
+    Returns:
+        LAPACK's ``info``: 0 on success, ``k > 0`` when the leading minor of order k is not positive definite
+        (``A`` then holds a partial factorization and must be rebuilt before any other use).
+    """
+    d = A.shape[0]
+    if A.device.type != "cpu" or not A.is_contiguous() or A.dtype != torch.float64 or d <= 2 * block:
+        L, info = torch.linalg.cholesky_ex(A)
+        A.copy_(L)
+        return int(info)
+    for j0 in range(0, d, block):
+        j1 = min(j0 + block, d)
+        if j0:  # this panel minus the product of its rows' factored columns (rows j0: only)
+            A[j0:, j0:j1].addmm_(A[j0:, :j0], A[j0:j1, :j0].T, alpha=-1.0)
+        L11, info = torch.linalg.cholesky_ex(A[j0:j1, j0:j1])
+        if int(info):
+            return j0 + int(info)
+        A[j0:j1, j0:j1] = L11
+        if j1 < d:  # L21 = A21 L11⁻ᵀ
+            A[j1:, j0:j1] = torch.linalg.solve_triangular(L11.mT, A[j1:, j0:j1], upper=True, left=False)
+    A.tril_()  # the triangular solves read both triangles
+    return 0
+
+
+def cholesky_solve_(A: torch.Tensor, B: torch.Tensor, *, max_condition: float = MAX_CONDITION) -> torch.Tensor | None:
+    """``A⁻¹B`` by an in-place Cholesky of ``A`` (lower triangle read, ``A`` overwritten), or None when the
+    factorization fails or its diagonal bounds the condition number above ``max_condition`` (the test of
+    :func:`spd_solve`, which falls back to an eigendecomposition then). For a caller that owns ``A`` and can
+    rebuild it: it saves :func:`spd_solve`'s d × d copy."""
+    if cholesky_lower_(A):
+        return None
+    diag = A.diagonal()
+    if float((diag.max() / diag.min()) ** 2) > max_condition:
+        return None
+    # two triangular solves: torch.cholesky_solve copies L to its own layout first (3× slower at d = 4,096)
+    Z = torch.linalg.solve_triangular(A, B, upper=False)
+    return torch.linalg.solve_triangular(A.mT, Z, upper=True)

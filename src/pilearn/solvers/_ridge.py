@@ -21,7 +21,7 @@ import torch
 
 from .._memory import release_freed_heap
 from ._gram import gram_update_, symmetrize
-from ._linalg import spd_solve
+from ._linalg import cholesky_solve_, spd_solve
 
 __all__ = ["RidgeStats", "RidgeSolution", "RidgePath"]
 
@@ -529,9 +529,26 @@ class RidgeStats:
         self._check_nonempty()
         if self._rows is not None and self.n_rows < self.n_features:
             return self._solve_dual(lam)
-        G, C, _ = self._centered(full=False)
-        G.diagonal().add_(lam)
-        coef, method = spd_solve(G, C)
+        return self._solve_primal(lam)
+
+    def _solve_primal(self, lam: float, centred: tuple[torch.Tensor, torch.Tensor] | None = None) -> RidgeSolution:
+        """(G̃ + λI)⁻¹C̃, factoring a fresh copy of G̃ in place (:func:`cholesky_solve_`); when the Cholesky is
+        rejected the copy is formed again for :func:`spd_solve`'s eigendecomposition fallback. ``centred``: the
+        (lower-triangle G̃, C̃) to copy instead of forming them from M."""
+        def system() -> tuple[torch.Tensor, torch.Tensor]:
+            if centred is None:
+                G, C, _ = self._centered(full=False)
+            else:
+                G, C = centred[0].clone(), centred[1]
+            G.diagonal().add_(lam)
+            return G, C
+
+        G, C = system()
+        coef = cholesky_solve_(G, C)
+        method = "cholesky"
+        if coef is None:
+            del G
+            coef, method = spd_solve(*system())
         return RidgeSolution(coef, self._intercept(coef), lam, method)
 
     def solve_many(self, lams: Iterable[float]) -> Iterator[RidgeSolution]:
@@ -545,12 +562,8 @@ class RidgeStats:
                 yield self.solve(lam)
             return
         G, C, _ = self._centered(full=False)
-        diag = G.diagonal().clone()
         for lam in lams:
-            lam = self._check_lam(lam)
-            G.diagonal().copy_(diag + lam)
-            coef, method = spd_solve(G, C)
-            yield RidgeSolution(coef, self._intercept(coef), lam, method)
+            yield self._solve_primal(self._check_lam(lam), (G, C))
 
     def _solve_dual(self, lam: float) -> RidgeSolution:
         A, Yw = self._kept_rows()
