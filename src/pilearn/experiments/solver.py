@@ -212,7 +212,10 @@ def _row_batches(X: np.ndarray, y: np.ndarray, n: int, batch_size: int, device: 
     for i in range(0, n, batch_size):
         rows = np.arange(i, min(i + batch_size, n)) % m
         xb, yb = X[rows], y[rows]
-        yield (next(array_batches(xb, len(xb), device=device)), next(array_batches(yb, len(yb), device=device)))
+        batch = (next(array_batches(xb, len(xb), device=device)), next(array_batches(yb, len(yb), device=device)))
+        del xb, yb  # held while suspended, they would outlive the batch: the next copy is made before they go
+        yield batch
+        del batch
 
 
 # ---------------------------------------------------------------------------------------------- floor
