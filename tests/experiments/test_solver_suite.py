@@ -10,7 +10,7 @@ import torch
 
 from pilearn.cli import main
 from pilearn.experiments import RENDERERS, SUITES
-from pilearn.experiments.solver import GROUPS, fit_rows, make_config
+from pilearn.experiments.solver import GROUPS, bars, fit_rows, make_config
 
 TINY = ["ns=(300,900)", "ds=(24,400)", "flat_ns=(300,3000)", "flat_d=24", "batch_size=128", "precision_n=900",
         "precision_d=48"]
@@ -104,3 +104,20 @@ def test_fit_env_reaches_the_fit_processes_and_is_checked(tmp_path):
         make_config("smoke", fit_env=("PASSIVE",))
     with pytest.raises(ValueError, match="need subprocess=True"):
         make_config("smoke", fit_env=("A=1",), subprocess=False)
+
+
+def test_repeated_fits_are_paired_with_a_floor_timed_just_before_each(tmp_path):
+    out = tmp_path / "solver"
+    assert main(["bench", "solver", "--scale", "smoke", "--out", str(out), "--only", "floor", "fit", "--set",
+                 "ns=(300,)", "ds=(16,)", "batch_size=64", "data=synthetic", "fit_repeats=2"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    (row,) = res["fits"]
+    assert len(row["pairs"]) == 2 and [p["fit_seconds"] for p in row["pairs"]] == row["fit_seconds_all"]
+    for p in row["pairs"]:
+        assert p["floor_seconds"] > 0 and p["ratio"] == pytest.approx(p["fit_seconds"] / p["floor_seconds"])
+    # the bar reads the median of the paired ratios (here the rows are relabelled as the bar's size)
+    for r in res["fits"] + res["floor"]:
+        r["n"], r["d"] = 60_000, 4_096
+    row["pairs"] = [{"floor_seconds": 10.0, "fit_seconds": f, "ratio": f / 10.0} for f in (12.0, 14.0, 20.0)]
+    text = bars(res)[1]
+    assert "median 1.40×" in text and "NOT met" in text
