@@ -5,9 +5,24 @@ import subprocess
 import sys
 
 
+# records OPENBLAS_THREAD_TIMEOUT at the moment scipy is first imported: OpenBLAS reads it when it loads
+_PROBE = """
+import os, sys
+seen = []
+class Probe:
+    def find_spec(self, name, path=None, target=None):
+        if name == "scipy" and not seen:
+            seen.append(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+        return None
+sys.meta_path.insert(0, Probe())
+import pilearn
+import scipy.linalg.blas
+print(seen[0])
+"""
+
+
 def _seen_after_import(env: dict[str, str]) -> str:
-    code = ("import os, pilearn, scipy.linalg.blas; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    proc = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, check=True)
     return proc.stdout.strip()
 
 

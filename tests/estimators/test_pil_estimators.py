@@ -135,6 +135,17 @@ def test_partial_fit_equals_fit(digits):
     np.testing.assert_array_equal(inc.predict(Xt), full.predict(Xt))
 
 
+@pytest.mark.parametrize("n_rows", [150, 600])  # fewer rows than features (dual solve) and more
+def test_float64_fit_in_small_batches_equals_one_batch(digits, n_rows):
+    """Float64 features come from one reused buffer; the rows RidgeStats keeps for the dual form must be copies."""
+    X, y, _, _ = digits
+    X, y = X[:n_rows], y[:n_rows].astype(float)
+    kw = dict(n_hidden=200, lam=1.0, input_scale=3.0, dtype="float64", random_state=0)
+    one = PILRegressor(batch_size=n_rows, **kw).fit(X, y)
+    many = PILRegressor(batch_size=50, **kw).fit(X, y)
+    np.testing.assert_allclose(many.coef_, one.coef_, rtol=1e-9, atol=1e-11)
+
+
 def test_forget_equals_refit_without_rows(digits):
     X, y, Xt, _ = digits
     # forget keeps the fitted input_scale_; a refit with 'auto' would measure it on fewer rows

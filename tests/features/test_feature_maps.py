@@ -322,6 +322,20 @@ def test_out_buffer_is_checked(x):
         fmap(x, out=good.numpy())
     with pytest.raises(ValueError, match="torch.no_grad"):
         fmap(x.clone().requires_grad_(), out=good)
+    square = RandomProjection(12, 12)
+    with pytest.raises(ValueError, match="out must not share memory with x"):
+        with torch.no_grad():
+            square(x, out=x)
+
+
+def test_stream_features_gives_fresh_features_to_maps_that_would_only_copy(generator):
+    fmap = BiPILFeatures(12, 10, seed=2)  # computes two branches and concatenates: nothing to write in place
+    assert not fmap.writes_into_out and RandomProjection(12, 3).writes_into_out
+    assert ComposedFeatures([fmap, RandomProjection(20, 4)]).writes_into_out
+    xs = [torch.randn(6, 12, generator=generator) for _ in range(3)]
+    kept = [H for (H,) in stream_features(fmap, ((x,) for x in xs))]  # safe to keep: no buffer is shared
+    assert len({H.data_ptr() for H in kept}) == 3
+    assert all(torch.equal(H, fmap(x)) for H, x in zip(kept, xs))
 
 
 def test_stream_features_reuses_one_buffer_and_matches_fresh_features(generator):

@@ -60,6 +60,7 @@ def test_centered_statistics_are_the_textbook_formulas_bit_for_bit(generator):
     assert torch.equal(C, ref_C)
     assert torch.equal(symmetrize(G_low), G_low + G_low.tril(-1).T)
     assert torch.equal(G.tril(), stats._centered(full=False)[0].tril())  # the solve's lower triangle: the same bits
+    assert torch.equal(G, G.T)  # exactly symmetric
 
 
 # ---------------------------------------------------------------- float32 accumulation

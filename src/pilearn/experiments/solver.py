@@ -238,23 +238,30 @@ def _best_time(fn: Callable[[], Any], cfg: SolverConfig) -> tuple[float, int]:
     return min(times), len(times)
 
 
+def _gram_operands(n: int, d: int, cfg: SolverConfig) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(H, G, blocks): a seeded float64 operand of at most ``floor_max_bytes`` (rows × d), a d × d accumulator, and
+    the row blocks that make up an n-row Gram; thread pools and code paths warmed by one small update."""
+    rows = min(n, max(1, cfg.floor_max_bytes // (8 * d)))
+    g = torch.Generator().manual_seed(cfg.seed)
+    H = torch.rand(rows, d, generator=g, dtype=_F64).to(cfg.device)  # values do not change BLAS time
+    G = torch.zeros(d, d, dtype=_F64, device=cfg.device)
+    gram_update_(G, H[: min(rows, 256)])
+    return H, G, [rows] * (n // rows) + ([n % rows] if n % rows else [])
+
+
+def _syrk_run(G: torch.Tensor, H: torch.Tensor, blocks: list[int], step: int | None = None) -> Callable[[], None]:
+    """gram_update_ over the row blocks, or over slices of ``step`` rows (the fits' batches) of each."""
+    def run() -> None:
+        for r in blocks:
+            for i in range(0, r, step or r):
+                gram_update_(G, H[i : min(r, i + (step or r))])
+    return run
+
+
 def measure_floor(n: int, d: int, cfg: SolverConfig) -> dict[str, Any]:
     """Seconds and GFLOP/s of the fastest Gram of an n × d float64 matrix, and of a GEMM of the same shape."""
-    dev = torch.device(cfg.device)
-    rows = min(n, max(1, cfg.floor_max_bytes // (8 * d)))
-    blocks = [rows] * (n // rows) + ([n % rows] if n % rows else [])
-    g = torch.Generator().manual_seed(cfg.seed)
-    H = torch.rand(rows, d, generator=g, dtype=_F64).to(dev)  # values do not change BLAS time
-    G = torch.zeros(d, d, dtype=_F64, device=dev)
-    gram_update_(G, H[: min(rows, 256)])  # thread pools and code paths warm
-
-    def syrk(step: int | None = None) -> Callable[[], None]:
-        """gram_update_ over the row blocks, or over slices of ``step`` rows (the fits' batches) of each."""
-        def run() -> None:
-            for r in blocks:
-                for i in range(0, r, step or r):
-                    gram_update_(G, H[i : min(r, i + (step or r))])
-        return run
+    H, G, blocks = _gram_operands(n, d, cfg)
+    rows = H.shape[0]
 
     def product(right: torch.Tensor) -> Callable[[], None]:
         """Hᵀ·right over the row blocks: the Gram torch would form (right = H), or a GEMM (right = B)."""
@@ -266,13 +273,13 @@ def measure_floor(n: int, d: int, cfg: SolverConfig) -> dict[str, Any]:
                     G.addmm_(H[:r].T, right[:r])
         return run
 
-    t_syrk, rep_syrk = _best_time(syrk(), cfg)
+    t_syrk, rep_syrk = _best_time(_syrk_run(G, H, blocks), cfg)
     # the same Gram as a sum of batch-sized syrks, the way a streamed fit forms it: BLAS blocks a short operand
     # differently and can be faster; the floor is the fastest way, so it is a candidate
     batched = cfg.batch_size < rows
-    t_batch, rep_batch = _best_time(syrk(cfg.batch_size), cfg) if batched else (t_syrk, 0)
+    t_batch, rep_batch = _best_time(_syrk_run(G, H, blocks, cfg.batch_size), cfg) if batched else (t_syrk, 0)
     t_torch, rep_torch = _best_time(product(H), cfg)
-    B = torch.rand(rows, d, generator=g, dtype=_F64).to(dev)
+    B = torch.rand(rows, d, generator=torch.Generator().manual_seed(cfg.seed + 1), dtype=_F64).to(cfg.device)
     t_gemm, rep_gemm = _best_time(product(B), cfg)
     gram_flops, gemm_flops = n * d * (d + 1), 2 * n * d * d
     candidates = {"gram_update_": t_syrk, f"gram_update_ in {cfg.batch_size}-row batches": t_batch,
@@ -293,20 +300,9 @@ def _paired_floor(n: int, d: int, cfg: SolverConfig) -> float:
     is what gram_update_ runs). A shared machine's speed drifts by several per cent over minutes; a fit compared
     with a floor measured seconds before it sees the same machine."""
     one = replace(cfg, floor_min_seconds=0.0, floor_max_repeats=1)
-    rows = min(n, max(1, cfg.floor_max_bytes // (8 * d)))
-    g = torch.Generator().manual_seed(cfg.seed)
-    H = torch.rand(rows, d, generator=g, dtype=_F64).to(cfg.device)
-    G = torch.zeros(d, d, dtype=_F64, device=cfg.device)
-    blocks = [rows] * (n // rows) + ([n % rows] if n % rows else [])
-    gram_update_(G, H[: min(rows, 256)])
-    times = []
-    for step in {rows, min(rows, cfg.batch_size)}:
-        def run(step: int = step) -> None:
-            for r in blocks:
-                for i in range(0, r, step):
-                    gram_update_(G, H[i : min(r, i + step)])
-        times.append(_best_time(run, one)[0])
-    return min(times)
+    H, G, blocks = _gram_operands(n, d, cfg)
+    steps = {H.shape[0], min(H.shape[0], cfg.batch_size)}
+    return min(_best_time(_syrk_run(G, H, blocks, step), one)[0] for step in steps)
 
 
 # ---------------------------------------------------------------------------------------------- one fit

@@ -186,6 +186,8 @@ class RandomConvFeatures(FeatureMap):
         # chunk's buffers are freed and reused by the allocator, and results are written into one output.
         return self._features_into(x, torch.empty((x.shape[0], self.out_features), dtype=x.dtype, device=x.device))
 
+    writes_into_out = True
+
     def _features_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         step = self._chunk_rows()
         for start in range(0, x.shape[0], step):

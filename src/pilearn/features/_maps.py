@@ -112,6 +112,9 @@ class FeatureMap(nn.Module):
 
     in_features: int
     out_features: int
+    #: whether ``forward(x, out=buf)`` computes into ``buf`` (no (n, out_features) temporary); where it does not,
+    #: :func:`stream_features` gives fresh features per batch, since a copy into the buffer would only add a pass
+    writes_into_out: bool = False
 
     def forward(self, x: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``x`` of shape ``(n, in_features)`` (any floating dtype) to ``(n, out_features)``.
@@ -149,6 +152,9 @@ class FeatureMap(nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
             raise ValueError("out= is for inference: call the feature map under torch.no_grad() (or with an "
                              "input that does not require grad) to write into a buffer")
+        if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            raise ValueError("out must not share memory with x: the features would overwrite the input they are "
+                             "computed from")
 
     def _reference(self) -> torch.Tensor | None:
         """A buffer whose dtype and device the input is cast to (None: leave the input as it is)."""
@@ -255,6 +261,8 @@ class RandomProjection(FeatureMap):
         if torch.is_grad_enabled() and x.requires_grad:
             return self._act(z)
         return get_activation_(self.activation)(z)  # z is ours and no graph needs it: activate in place
+
+    writes_into_out = True
 
     def _features_into(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         # the same products as _features, written into out: bit for bit the same features
@@ -471,6 +479,10 @@ class ComposedFeatures(_MapList):
             x = m(x)
         return self.maps[-1](x, out=out)
 
+    @property
+    def writes_into_out(self) -> bool:  # type: ignore[override]
+        return self.maps[-1].writes_into_out
+
 
 @register_feature_map
 class ConcatFeatures(_MapList):
@@ -512,19 +524,24 @@ def stream_features(fmap: FeatureMap, batches: Iterable[tuple[torch.Tensor, ...]
     only when a batch is longer than any before it.
 
     **Each yielded feature tensor is overwritten by the next batch**: copy it (``.clone()``) to keep it. Runs
-    under ``torch.no_grad()``; the features are bit for bit those of ``fmap(x)``.
+    under ``torch.no_grad()``; the features are bit for bit those of ``fmap(x)``. Maps whose
+    :attr:`~FeatureMap.writes_into_out` is False (they would compute fresh features and copy them) get fresh
+    features per batch.
 
     Args:
         fmap: the feature map.
         batches: tuples whose first element is an ``(n, in_features)`` input batch; the rest pass through.
     """
     buf: torch.Tensor | None = None
+    reuse = isinstance(fmap, FeatureMap) and fmap.writes_into_out
     for batch in batches:
         if not isinstance(batch, tuple) or not batch:
             raise TypeError(f"batches must yield non-empty tuples (x, ...), got {type(batch).__name__}")
         x, *rest = batch
         with torch.no_grad():
-            if buf is not None and len(x) <= buf.shape[0]:
+            if not reuse:
+                H = fmap(x)
+            elif buf is not None and len(x) <= buf.shape[0]:
                 H = fmap(x, out=buf[: len(x)])
             else:  # the first batch, or a longer one: its fresh features become the buffer
                 H = fmap(x)

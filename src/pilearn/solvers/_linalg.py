@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-__all__ = ["IllConditionedWarning", "spd_solve", "cholesky_solve_", "cholesky_lower_", "MAX_CONDITION"]
+__all__ = ["IllConditionedWarning", "spd_solve", "pinv_solve", "cholesky_solve_", "cholesky_lower_", "MAX_CONDITION"]
 
 #: Panel width of :func:`cholesky_lower_`'s blocked factorization on the CPU.
 CHOLESKY_BLOCK = 512
@@ -37,9 +37,20 @@ def spd_solve(A: torch.Tensor, B: torch.Tensor, *, max_condition: float = MAX_CO
     Returns:
         ``(X, method)`` with X of shape (d, k) and method ``"cholesky"`` or ``"eigh"``.
     """
-    X = cholesky_solve_(A.clone(memory_format=torch.contiguous_format), B, max_condition=max_condition)
+    if _blocked(A, CHOLESKY_BLOCK):  # factor a copy in place (the blocked routine)
+        X = cholesky_solve_(A.clone(memory_format=torch.contiguous_format), B, max_condition=max_condition)
+    else:  # LAPACK / cuSOLVER on their own copy, as before
+        L, info = torch.linalg.cholesky_ex(A)
+        X = None if int(info) else _factor_solve(L, B, max_condition)
     if X is not None:
         return X, "cholesky"
+    return pinv_solve(A, B, stacklevel=4), "eigh"
+
+
+def pinv_solve(A: torch.Tensor, B: torch.Tensor, *, stacklevel: int = 2) -> torch.Tensor:
+    """:func:`spd_solve`'s fallback alone: the eigendecomposition pseudo-inverse of symmetric ``A`` (lower triangle
+    read) applied to ``B``, with an :class:`IllConditionedWarning` that states the condition number. ``stacklevel``:
+    of the warning, counted from this function."""
     s, V = torch.linalg.eigh(A, UPLO="L")
     s_max = float(s.abs().max()) if s.numel() else 0.0
     rtol = A.shape[0] * torch.finfo(A.dtype).eps
@@ -52,10 +63,25 @@ def spd_solve(A: torch.Tensor, B: torch.Tensor, *, max_condition: float = MAX_CO
         f"used the eigendecomposition pseudo-inverse (smallest kept eigenvalue {s_min_kept:.3g}). "
         "Increase lam to regularize.",
         IllConditionedWarning,
-        stacklevel=3,
+        stacklevel=stacklevel,
     )
     inv = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
-    return V @ (inv[:, None] * (V.T @ B)), "eigh"
+    return V @ (inv[:, None] * (V.T @ B))
+
+
+def _blocked(A: torch.Tensor, block: int) -> bool:
+    """Whether :func:`cholesky_lower_` runs its own blocked loop on ``A`` (else LAPACK via torch)."""
+    return A.device.type == "cpu" and A.is_contiguous() and A.dtype == torch.float64 and A.shape[0] > 2 * block
+
+
+def _factor_solve(L: torch.Tensor, B: torch.Tensor, max_condition: float) -> torch.Tensor | None:
+    """``(L Lᵀ)⁻¹B`` for a lower Cholesky factor, or None when its diagonal bounds cond₂ above ``max_condition``."""
+    diag = L.diagonal()
+    if float((diag.max() / diag.min()) ** 2) > max_condition:
+        return None
+    # two triangular solves: torch.cholesky_solve copies L to its own layout first (3× slower at d = 4,096)
+    Z = torch.linalg.solve_triangular(L, B, upper=False)
+    return torch.linalg.solve_triangular(L.mT, Z, upper=True)
 
 
 def cholesky_lower_(A: torch.Tensor, *, block: int = CHOLESKY_BLOCK) -> int:
@@ -74,7 +100,7 @@ def cholesky_lower_(A: torch.Tensor, *, block: int = CHOLESKY_BLOCK) -> int:
         (``A`` then holds a partial factorization and must be rebuilt before any other use).
     """
     d = A.shape[0]
-    if A.device.type != "cpu" or not A.is_contiguous() or A.dtype != torch.float64 or d <= 2 * block:
+    if not _blocked(A, block):
         L, info = torch.linalg.cholesky_ex(A)
         A.copy_(L)
         return int(info)
@@ -88,7 +114,7 @@ def cholesky_lower_(A: torch.Tensor, *, block: int = CHOLESKY_BLOCK) -> int:
         A[j0:j1, j0:j1] = L11
         if j1 < d:  # L21 = A21 L11⁻ᵀ
             A[j1:, j0:j1] = torch.linalg.solve_triangular(L11.mT, A[j1:, j0:j1], upper=True, left=False)
-    A.tril_()  # the triangular solves read both triangles
+    A.tril_()  # L alone: the diagonal blocks' upper halves still hold input values
     return 0
 
 
@@ -97,11 +123,4 @@ def cholesky_solve_(A: torch.Tensor, B: torch.Tensor, *, max_condition: float = 
     factorization fails or its diagonal bounds the condition number above ``max_condition`` (the test of
     :func:`spd_solve`, which falls back to an eigendecomposition then). For a caller that owns ``A`` and can
     rebuild it: it saves :func:`spd_solve`'s d × d copy."""
-    if cholesky_lower_(A):
-        return None
-    diag = A.diagonal()
-    if float((diag.max() / diag.min()) ** 2) > max_condition:
-        return None
-    # two triangular solves: torch.cholesky_solve copies L to its own layout first (3× slower at d = 4,096)
-    Z = torch.linalg.solve_triangular(A, B, upper=False)
-    return torch.linalg.solve_triangular(A.mT, Z, upper=True)
+    return None if cholesky_lower_(A) else _factor_solve(A, B, max_condition)

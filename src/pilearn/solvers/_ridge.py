@@ -21,7 +21,7 @@ import torch
 
 from .._memory import release_freed_heap
 from ._gram import gram_update_, symmetrize
-from ._linalg import cholesky_solve_, spd_solve
+from ._linalg import cholesky_solve_, pinv_solve, spd_solve
 
 __all__ = ["RidgeStats", "RidgeSolution", "RidgePath"]
 
@@ -262,7 +262,8 @@ class RidgeStats:
         w = self._check_weight(sample_weight, H.shape[0])
         self.n_rows += H.shape[0]
         if self._rows is not None and self.n_rows <= self.n_features:
-            self._rows.append((H.to(_F64), Y.to(_F64), w))
+            # copies: H may be a caller's reused buffer (stream_features), which .to() would alias when float64
+            self._rows.append((H.to(_F64, copy=True), Y.to(_F64, copy=True), w))
             return self
         self._flush_rows()
         self._release_heap(H.shape[0])
@@ -488,7 +489,7 @@ class RidgeStats:
             stats = self.copy()
             stats._flush_rows()
             return stats._centered(full)
-        G = symmetrize(self.G) if full else self.G.clone(memory_format=torch.contiguous_format)
+        G = self.G.clone(memory_format=torch.contiguous_format)
         C = self.C.clone()
         h_sum, y_sum, yy, n = self._sums()
         yy = yy.clone()
@@ -497,6 +498,8 @@ class RidgeStats:
             G.addr_(h_mean, h_mean, alpha=-n)  # G − n · h̄h̄ᵀ in one pass, no d × d temporary
             C -= n * torch.outer(h_mean, y_mean)
             yy -= n * y_mean * y_mean
+        if full:  # mirror the lower triangle: exactly symmetric (addr_ may round h̄ᵢh̄ⱼ and h̄ⱼh̄ᵢ apart)
+            G = symmetrize(G.tril_())
         return G, C, yy
 
     def _intercept(self, coef: torch.Tensor) -> torch.Tensor:
@@ -533,8 +536,8 @@ class RidgeStats:
 
     def _solve_primal(self, lam: float, centred: tuple[torch.Tensor, torch.Tensor] | None = None) -> RidgeSolution:
         """(G̃ + λI)⁻¹C̃, factoring a fresh copy of G̃ in place (:func:`cholesky_solve_`); when the Cholesky is
-        rejected the copy is formed again for :func:`spd_solve`'s eigendecomposition fallback. ``centred``: the
-        (lower-triangle G̃, C̃) to copy instead of forming them from M."""
+        rejected the copy is formed again for the eigendecomposition fallback (:func:`pinv_solve`). ``centred``:
+        the (lower-triangle G̃, C̃) to copy instead of forming them from M."""
         def system() -> tuple[torch.Tensor, torch.Tensor]:
             if centred is None:
                 G, C, _ = self._centered(full=False)
@@ -546,9 +549,9 @@ class RidgeStats:
         G, C = system()
         coef = cholesky_solve_(G, C)
         method = "cholesky"
-        if coef is None:
+        if coef is None:  # the factorization destroyed G: form it again for the eigendecomposition
             del G
-            coef, method = spd_solve(*system())
+            coef, method = pinv_solve(*system(), stacklevel=4), "eigh"  # the warning points at solve()'s caller
         return RidgeSolution(coef, self._intercept(coef), lam, method)
 
     def solve_many(self, lams: Iterable[float]) -> Iterator[RidgeSolution]:
