@@ -102,7 +102,7 @@ def test_fit_env_reaches_the_fit_processes_and_is_checked(tmp_path):
     assert env["OPENBLAS_THREAD_TIMEOUT"] == os.environ["OPENBLAS_THREAD_TIMEOUT"]  # recorded whatever fit_env says
     with pytest.raises(ValueError, match="fit_env entries must be 'NAME=VALUE' strings, got 'PASSIVE'"):
         make_config("smoke", fit_env=("PASSIVE",))
-    with pytest.raises(ValueError, match="need subprocess=True"):
+    with pytest.raises(ValueError, match="needs subprocess=True"):
         make_config("smoke", fit_env=("A=1",), subprocess=False)
 
 

@@ -90,11 +90,6 @@ class SolverConfig:
     # shared machine one run's time moves by a few per cent; every repeat's seconds are recorded (fit_seconds_all)
     fit_repeats: int = 1
     subprocess: bool = True  # each fit in a fresh process (honest peak memory); False: in this process
-    # glibc's malloc raises its mmap threshold each time a large block is freed, after which batch-sized buffers come
-    # from the heap and its fragmentation makes the resident set creep with the number of batches (not with the
-    # statistics). An int fixes the threshold (bytes) in the fit subprocesses through MALLOC_MMAP_THRESHOLD_, as a
-    # user would set it; None leaves the allocator's default behaviour.
-    malloc_mmap_threshold: int | None = None
     # "NAME=VALUE" environment settings for the fit subprocesses, as a user would export them before starting Python:
     # e.g. ("OMP_WAIT_POLICY=PASSIVE", "OPENBLAS_THREAD_TIMEOUT=4") stop torch's OpenMP threads and scipy's OpenBLAS
     # threads from spinning after each call, where they take the cores the other library's next product needs.
@@ -155,13 +150,11 @@ def _validate(cfg: SolverConfig) -> None:
                  "fit_repeats"):
         positive_int(name, getattr(cfg, name))
     positive_int("seed", cfg.seed, 0)
-    if cfg.malloc_mmap_threshold is not None:
-        positive_int("malloc_mmap_threshold", cfg.malloc_mmap_threshold)
     for item in cfg.fit_env:
         if not (isinstance(item, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", item)):
             raise ValueError(f"fit_env entries must be 'NAME=VALUE' strings, got {item!r}")
-    if (cfg.fit_env or cfg.malloc_mmap_threshold is not None) and not cfg.subprocess:
-        raise ValueError("fit_env and malloc_mmap_threshold apply to the fit subprocesses: they need subprocess=True")
+    if cfg.fit_env and not cfg.subprocess:
+        raise ValueError("fit_env applies to the fit subprocesses: it needs subprocess=True")
     if not (isinstance(cfg.lam_rel, (int, float)) and math.isfinite(cfg.lam_rel) and cfg.lam_rel > 0):
         raise ValueError(f"lam_rel must be a number > 0, got {cfg.lam_rel!r}")
     if not (isinstance(cfg.floor_min_seconds, (int, float)) and cfg.floor_min_seconds >= 0):
@@ -434,8 +427,6 @@ def _run_fit(spec: dict[str, Any], cfg: SolverConfig, X: np.ndarray, y: np.ndarr
         return fit_once(spec, X, y)
     code = "from pilearn.experiments.solver import _worker_main; _worker_main()"
     env = dict(os.environ)
-    if cfg.malloc_mmap_threshold is not None:  # glibc: a fixed threshold instead of the dynamic one (see docstring)
-        env["MALLOC_MMAP_THRESHOLD_"] = str(cfg.malloc_mmap_threshold)
     env.update(item.split("=", 1) for item in cfg.fit_env)
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -601,9 +592,7 @@ def bars(results: dict) -> list[str]:
         steps = [(a, b, abs(b["peak_fit_mb"] - a["peak_fit_mb"]) / a["peak_fit_mb"]) for a, b in zip(flat, flat[1:])]
         worst = max(s[2] for s in steps)
         desc = ", ".join(f"{r['n']:,}: {r['peak_fit_mb']:.0f} MB" for r in flat)
-        thr = results["config"].get("malloc_mmap_threshold")
-        alloc = (f"glibc MALLOC_MMAP_THRESHOLD_={thr}" if thr is not None else "the allocator's default settings")
-        alloc += "".join(f", {item}" for item in results["config"].get("fit_env", ()))
+        alloc = "the allocator's default settings" + "".join(f", {item}" for item in results["config"].get("fit_env", ()))
         out.append(f"peak memory flat in N at d={flat_d:,} ({desc}; {alloc}): largest change between neighbours "
                    f"{100 * worst:.1f} % < 10 %: {'met' if worst < 0.10 else 'NOT met'}")
     else:
