@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..features import RandomProjection, stream_features
+from ..features import RandomProjection, get_activation_, stream_features
 from ..solvers import RidgeStats, array_batches, fit_stream, gram_update_, lam_scale
 from ._results import Stopwatch, default_out_dir, environment, markdown_table, write_results
 
@@ -401,7 +401,7 @@ def _anatomy(stats: RidgeStats, fmap: RandomProjection, X: np.ndarray, bs: int, 
             torch.addmm(fmap.bias, x, fmap.weight, alpha=fmap.scale, out=z)
         res["feature_gemm"] = sw.seconds
         with Stopwatch(dev) as sw:
-            torch.ops.aten.gelu_(z)
+            get_activation_(fmap.activation)(z)
         res["activation"] = sw.seconds
         with Stopwatch(dev) as sw:
             A[:, : z.shape[1]] = z

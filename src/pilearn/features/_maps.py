@@ -519,9 +519,8 @@ def stream_features(fmap: FeatureMap, batches: Iterable[tuple[torch.Tensor, ...]
 
     A streaming fit consumes each batch's features before it asks for the next (``RidgeStats.update`` copies
     them into its own workspace), so a fresh ``(n, out_features)`` tensor per batch only costs an allocation
-    and its page faults: at 4,096 × 4,096 float32 that is about a fifth of the feature time on a 2-core CPU
-    (``pilearn bench solver`` times the parts). Here every batch is written into the same buffer, grown
-    only when a batch is longer than any before it.
+    and its page faults (64 MB of fresh pages per batch at 4,096 × 4,096 float32). Here every batch is written
+    into the same buffer, grown only when a batch is longer than any before it.
 
     **Each yielded feature tensor is overwritten by the next batch**: copy it (``.clone()``) to keep it. Runs
     under ``torch.no_grad()``; the features are bit for bit those of ``fmap(x)``. Maps whose

@@ -91,9 +91,8 @@ def cholesky_lower_(A: torch.Tensor, *, block: int = CHOLESKY_BLOCK) -> int:
     matrix wider than two panels, this is a left-looking blocked Cholesky: each panel of ``block`` columns is first
     updated by one GEMM with the columns already factored (the lower trapezoid only: d³/3 flops in all, as
     LAPACK's ``potrf``), then its diagonal block is factored by LAPACK and the rows below it by a triangular solve.
-    The GEMMs run at the machine's matrix-product rate, where MKL's ``dpotrf`` of the whole matrix ran at about
-    60 % of it on the 2-core reference machine (0.49 s against 0.44 s at d = 4,096), and no second d × d matrix
-    is allocated. Elsewhere (GPU, small or non-contiguous matrices) it is ``torch.linalg.cholesky_ex`` copied back.
+    The GEMMs run at the machine's matrix-product rate, and no second d × d matrix is allocated (torch's
+    ``cholesky`` runs MKL's ``dpotrf`` on its own copy). Elsewhere (GPU, small or non-contiguous matrices) it is ``torch.linalg.cholesky_ex`` copied back.
 
     Returns:
         LAPACK's ``info``: 0 on success, ``k > 0`` when the leading minor of order k is not positive definite
